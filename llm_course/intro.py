@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 __all__ = ["BigramLM", "GPTShape", "GPT_SHAPES", "gpt_param_count", "gpt_param_breakdown",
-           "SentenceEncoder", "zero_shot_classify", "few_shot_classify"]
+           "SentenceEncoder", "zero_shot_classify", "few_shot_classify", "nearest_centroid", "tokens_html"]
 
 
 # --------------------------------------------------------------------------------------
@@ -198,9 +198,31 @@ def few_shot_classify(encoder: SentenceEncoder, texts: Sequence[str], support_te
     examples' mean embedding (centroid) is closest. Chapter 01."""
     if len(support_texts) != len(support_labels) or not support_texts:
         raise ValueError("support_texts and support_labels must be non-empty and of equal length")
+    return nearest_centroid(encoder.encode(texts), encoder.encode(support_texts), support_labels)
+
+
+def nearest_centroid(query_emb: np.ndarray, support_emb: np.ndarray, support_labels: Sequence[str]) -> list[str]:
+    """The label of the closest class centroid (cosine) for each row of ``query_emb``. Chapter 01.
+
+    Works on embeddings computed once, so a notebook can try many few-shot draws cheaply.
+    """
+    if len(support_emb) != len(support_labels) or len(support_labels) == 0:
+        raise ValueError("support embeddings and labels must be non-empty and of equal length")
     labels = sorted(set(support_labels))
-    emb = encoder.encode(support_texts)
-    centroids = np.stack([emb[[i for i, y in enumerate(support_labels) if y == lab]].mean(0) for lab in labels])
+    y = np.asarray(support_labels)
+    centroids = np.stack([support_emb[y == lab].mean(0) for lab in labels])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    sims = encoder.encode(texts) @ centroids.T
-    return [labels[i] for i in sims.argmax(1)]
+    return [labels[i] for i in (query_emb @ centroids.T).argmax(1)]
+
+
+def tokens_html(pieces: Sequence[str]) -> str:
+    """Token strings as HTML with alternating colours, so token boundaries are visible. Chapter 01."""
+    import html
+
+    colours = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fecaca", "#ddd6fe")
+    spans = []
+    for i, piece in enumerate(pieces):
+        text = html.escape(piece).replace(" ", "&nbsp;").replace("\n", "\\n")
+        spans.append(f'<span style="background:{colours[i % len(colours)]};padding:1px 0;'
+                     f'font-family:monospace;white-space:pre">{text}</span>')
+    return "".join(spans)

@@ -1,0 +1,14 @@
+"""llm_course: the code behind the LLM course's notebooks.
+
+Modules mirror the chapters (each function's docstring names the chapter that introduced it):
+
+* 01 — :mod:`llm_course.tokenizer` (byte-level BPE), :mod:`llm_course.data` (offline corpora),
+  :mod:`llm_course.intro` (bigram LM, parameter counts, zero-/few-shot), :mod:`llm_course.utils`
+* 02 — :mod:`llm_course.gpt`, :mod:`llm_course.bert`, :mod:`llm_course.t5`
+* 03 — :mod:`llm_course.attention`, :mod:`llm_course.widgets`
+
+Import what you need from its module (``from llm_course.tokenizer import ByteLevelBPETokenizer``);
+this package imports nothing heavy on its own.
+"""
+
+__version__ = "0.1.0"

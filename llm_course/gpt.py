@@ -1,0 +1,481 @@
+"""GPT: a decoder-only transformer language model, written out. Chapter 02 (architectures).
+
+The same architecture as GPT-2 (and what ``transformers.GPT2LMHeadModel`` computes, to 1e-5; the
+tests check it both ways of conversion):
+
+    input_ids (B, T) -> token embedding + learned position embedding  (B, T, C)
+                     -> n_layer blocks:  x = x + attn(ln_1(x))      causal self-attention
+                                         x = x + mlp(ln_2(x))       position-wise MLP
+                     -> ln_f -> lm_head (weights tied to the token embedding) -> logits (B, T, V)
+
+It is **pre-LayerNorm** (the norm sits at the start of each branch, GPT-2 style), every position can
+only attend to itself and the past (a causal mask), and the output projection reuses the token
+embedding matrix ("tied" embeddings), which saves V*C parameters.
+
+Where the manual goes wrong (ERRATA section 2): it builds GPT from ``nn.TransformerDecoderLayer(x, x,
+tgt_mask=...)``, whose *cross*-attention looks at ``memory=x`` with no mask, so every position sees the
+future. ``llm_course.manual_ch02`` reproduces it and the tests show the leak.
+
+This file also holds what the three chapter-02 models share: ``PretrainedMixin`` (``save_pretrained``
+/ ``from_pretrained`` with config.json + model.safetensors, ``num_parameters``) and the input checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import FeedForward, KVCache, MultiHeadAttention, padding_mask
+
+__all__ = [
+    "GPTConfig",
+    "GPT",
+    "CausalLMOutput",
+    "causal_lm_loss",
+    "PretrainedMixin",
+    "check_input_ids",
+    "check_attention_mask",
+    "state_to_hf",
+    "state_from_hf",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# --------------------------------------------------------------------------------------------
+# Shared by GPT, BERT and T5: input checks, saving and loading
+# --------------------------------------------------------------------------------------------
+
+
+def check_input_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") -> torch.Tensor:
+    """Check token ids early, with a message, instead of an IndexError deep in nn.Embedding. Chapter 02."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got dtype {input_ids.dtype}")
+    if input_ids.ndim != 2:
+        hint = f" (a single sequence? use {name}[None])" if input_ids.ndim == 1 else ""
+        raise ValueError(f"{name} must have shape (batch, seq_len), got {tuple(input_ids.shape)}{hint}")
+    if input_ids.shape[1] == 0:
+        raise ValueError(f"{name} is empty (seq_len 0): give the model at least one token")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"{name} contains token id {bad}, outside the vocabulary [0, {vocab_size}): the tokenizer and "
+            "config.vocab_size disagree (or -100 labels were passed as inputs)"
+        )
+    return input_ids.long()
+
+
+def check_attention_mask(attention_mask: torch.Tensor | None, shape: tuple[int, int], what: str) -> None:
+    """``attention_mask`` must be (B, T) like the tokens it describes. Chapter 02 (architectures)."""
+    if attention_mask is None:
+        return
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but should be {tuple(shape)} ({what}), "
+            "with 1 for real tokens and 0 for padding"
+        )
+
+
+# A conversion table: (our tensor name, the transformers tensor name(s), transpose?). Several names
+# means our tensor is theirs stacked along dim 0 (e.g. our fused qkv_proj = BERT's query, key, value).
+NameMap = list[tuple[str, tuple[str, ...], bool]]
+
+
+def state_to_hf(state: dict[str, torch.Tensor], names: NameMap) -> dict[str, torch.Tensor]:
+    """Rename (and split / transpose) our tensors into a transformers state dict. Chapter 02."""
+    out = {}
+    for ours, theirs, transpose in names:
+        t = state[ours].t() if transpose else state[ours]
+        for name, part in zip(theirs, t.chunk(len(theirs), dim=0)):
+            out[name] = part.clone()
+    return out
+
+
+def state_from_hf(hf_state: dict[str, torch.Tensor], names: NameMap) -> dict[str, torch.Tensor]:
+    """The inverse of ``state_to_hf``: stack and transpose transformers tensors into ours. Chapter 02."""
+    out = {}
+    for ours, theirs, transpose in names:
+        t = torch.cat([hf_state[name] for name in theirs], dim=0)
+        out[ours] = (t.t() if transpose else t).clone()
+    return out
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` / ``num_parameters`` for the course's models. Chapter 02.
+
+    A checkpoint is a directory with ``config.json`` (the dataclass config plus ``model_type``) and
+    ``model.safetensors`` (the weights; never pickle, which can run code when loaded). Tied weights
+    (an LM head that *is* the embedding matrix) are stored once and re-tied on load.
+    """
+
+    config_class: ClassVar[type]
+    model_type: ClassVar[str]
+    tied_weights: ClassVar[tuple[str, ...]] = ()
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write config.json and model.safetensors into ``save_directory`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": self.model_type, **dataclasses.asdict(self.config)}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in self.tied_weights}
+        save_file(state, str(directory / WEIGHTS_NAME), metadata={"format": "pt", "model_type": self.model_type})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu"):
+        """Load a model saved by ``save_pretrained`` (a local directory; nothing is downloaded)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"{directory} is not a directory; pass the folder that save_pretrained() wrote "
+                f"(with {CONFIG_NAME} and {WEIGHTS_NAME})"
+            )
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing; was the model saved with save_pretrained()?")
+        try:
+            raw = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{config_path} is not valid JSON ({e}); re-save the model with save_pretrained()") from e
+        if not isinstance(raw, dict):
+            raise ValueError(f"{config_path} must hold a JSON object, got {type(raw).__name__}")
+        model_type = raw.pop("model_type", None)
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"{config_path} describes a {model_type!r} model, not {cls.model_type!r}; "
+                f"load it with the matching class instead of {cls.__name__}"
+            )
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{config_path} has unknown fields {unknown} for {cls.config_class.__name__}")
+        model = cls(cls.config_class(**raw))
+        try:
+            state = load_file(str(weights_path))
+        except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
+            raise ValueError(f"{weights_path} is not a valid safetensors file ({e}); re-save the model") from e
+        expected = {k: v for k, v in model.state_dict().items() if k not in cls.tied_weights}
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights_path} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"{weights_path} has tensors of the wrong shape (file vs config): {wrong[:5]}")
+        model.load_state_dict(state, strict=False)  # strict=False only because tied weights are not stored
+        return model.to(device)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters, tied ones counted once (as ``transformers``' ``num_parameters``).
+
+        ``exclude_embeddings=True`` leaves out every ``nn.Embedding`` (tokens, positions, segments, T5's
+        relative position buckets), the usual way to compare model sizes.
+        """
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        seen: dict[int, int] = {}
+        for p in self.parameters():  # parameters() already yields a tied tensor only once
+            if id(p) not in skip:
+                seen[id(p)] = p.numel()
+        return sum(seen.values())
+
+
+# --------------------------------------------------------------------------------------------
+# The GPT model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    """Hyper-parameters of ``GPT`` (names as in GPT-2's config). Chapter 02 (architectures).
+
+    vocab_size: number of tokens. n_positions: longest sequence (learned position embeddings).
+    n_embd: model width C. n_layer: number of blocks. n_head: attention heads (must divide n_embd).
+    dropout: one rate for embeddings, attention weights and residual branches.
+    bias: biases in Linear and LayerNorm (GPT-2 has them; ``bias=False`` cannot be converted to it).
+    """
+
+    vocab_size: int = 50257
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head gets "
+                "n_embd // n_head channels"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class CausalLMOutput:
+    """What ``GPT.forward`` returns (field names as in ``transformers``). Chapter 02.
+
+    loss: mean next-token cross-entropy if ``labels`` were given. logits: (B, T, V).
+    past_key_values: one (keys, values) pair per layer, each (B, H, T_total, D), if ``use_cache``.
+    attentions: one (B, H, T, T_total) tensor per layer if ``output_attentions``.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: tuple[KVCache, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token cross-entropy; labels are shifted **once**, here. Chapter 02 (architectures).
+
+    The logits at position t predict token t+1, so ``labels`` (usually ``input_ids`` with padding set to
+    -100) are compared as ``logits[:, :-1]`` vs ``labels[:, 1:]``. The manual shifts the labels by hand
+    *and* lets the model shift again (ERRATA section 4): pass ``labels=input_ids`` unshifted.
+    """
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"labels must have the same shape as input_ids {tuple(logits.shape[:2])}, got {tuple(labels.shape)}; "
+            "pass labels=input_ids (unshifted: the model shifts them)"
+        )
+    # The target of position t is labels[t + 1]; the last position has no next token, so it gets
+    # ignore_index. (Shifting the labels, not slicing the logits, avoids copying the big logits tensor.)
+    shift_labels = F.pad(labels[:, 1:], (0, 1), value=ignore_index)  # (B, T)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), shift_labels.reshape(-1), ignore_index=ignore_index
+    )
+
+
+class GPTBlock(nn.Module):
+    """One pre-LayerNorm transformer block: causal self-attention, then an MLP. Chapter 02."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        c = config
+        self.ln_1 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias)
+        self.attn = MultiHeadAttention(c.n_embd, c.n_head, bias=c.bias, dropout=c.dropout)
+        self.ln_2 = nn.LayerNorm(c.n_embd, eps=c.layer_norm_epsilon, bias=c.bias)
+        self.mlp = FeedForward(c.n_embd, 4 * c.n_embd, activation="gelu_tanh", bias=c.bias)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        past_key_value: KVCache | None,
+        use_cache: bool,
+        need_weights: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, KVCache | None]:
+        """x: (B, T, C) -> (B, T, C), plus this layer's attention weights and cache entry."""
+        a = self.attn(
+            self.ln_1(x), attn_mask=attn_mask, is_causal=True,
+            past_key_value=past_key_value, use_cache=use_cache, need_weights=need_weights,
+        )
+        x = x + self.dropout(a.output)  # residual connection around attention
+        x = x + self.dropout(self.mlp(self.ln_2(x)))  # residual connection around the MLP
+        return x, a.weights, a.present_key_value
+
+
+class GPT(PretrainedMixin, nn.Module):
+    """A GPT-2-style decoder-only language model. Chapter 02 (architectures).
+
+    ``model(input_ids, attention_mask=None, labels=None, past_key_values=None, use_cache=False,
+    output_attentions=False)`` -> ``CausalLMOutput``. Module names follow GPT-2 (wte, wpe, h, ln_f) so
+    the conversion to and from ``GPT2LMHeadModel`` reads as a dictionary.
+    """
+
+    config_class = GPTConfig
+    model_type = "gpt"
+    tied_weights = ("lm_head.weight",)
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(
+                f"GPT needs an llm_course.gpt.GPTConfig, got {type(config).__module__}.{type(config).__name__}; "
+                "to start from a transformers GPT2LMHeadModel use GPT.from_hf(model)"
+            )
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)  # token embeddings
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned position embeddings
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([GPTBlock(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied: the output layer *is* the embedding matrix
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch adds to the stream, so shrink their output layers
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out_proj.weight", "mlp.down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        past_key_values: tuple[KVCache, ...] | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        position_ids: torch.Tensor | None = None,
+    ) -> CausalLMOutput:
+        """Logits for every position (and the loss if ``labels`` are given).
+
+        input_ids: (B, T). attention_mask: (B, T_past + T), 1 = real token, 0 = padding (HF convention:
+        it covers the cached tokens too). labels: (B, T), usually ``input_ids`` with -100 on padding;
+        shifted inside. past_key_values: from a previous call with ``use_cache=True``; then input_ids
+        holds only the new tokens. position_ids: (B, T) or (1, T); by default T_past, ..., T_past + T - 1
+        (with left padding, pass ``attention_mask.cumsum(-1) - 1`` clamped at 0 so that every sequence
+        starts at position 0, as ``generate`` does in transformers).
+        """
+        input_ids = check_input_ids(input_ids, self.config.vocab_size)
+        B, T = input_ids.shape
+        past_length = 0
+        if past_key_values is not None:
+            if len(past_key_values) != self.config.n_layer:
+                raise ValueError(
+                    f"past_key_values has {len(past_key_values)} entries but the model has {self.config.n_layer} "
+                    "layers; pass back the past_key_values of the previous call unchanged"
+                )
+            past_length = past_key_values[0][0].shape[2]
+        if past_length + T > self.config.n_positions:
+            raise ValueError(
+                f"sequence too long: {past_length} cached + {T} new = {past_length + T} tokens, but the model "
+                f"has only n_positions={self.config.n_positions} position embeddings; truncate the input "
+                "(e.g. keep the last n_positions tokens) or build the model with a larger n_positions"
+            )
+        check_attention_mask(attention_mask, (B, past_length + T), "batch, cached + new tokens")
+
+        if position_ids is None:  # positions of the new tokens: past_length, ..., past_length + T - 1
+            positions = torch.arange(past_length, past_length + T, device=input_ids.device)[None]
+        else:
+            positions = check_input_ids(position_ids, self.config.n_positions, name="position_ids")
+            if positions.shape[1] != T or positions.shape[0] not in (1, B):
+                raise ValueError(f"position_ids must have shape ({B}, {T}) or (1, {T}), got {tuple(positions.shape)}")
+        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (B, T, C)
+
+        # The causal mask is built by the attention (is_causal=True); padding adds a (B, 1, 1, Tk) mask.
+        attn_mask = padding_mask(attention_mask) if attention_mask is not None else None
+        presents, attentions = [], []
+        for i, block in enumerate(self.h):
+            past = past_key_values[i] if past_key_values is not None else None
+            x, weights, present = block(x, attn_mask, past, use_cache, output_attentions)
+            presents.append(present)
+            attentions.append(weights)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=tuple(presents) if use_cache else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
+
+    # ---------------------------------------------------------------- transformers conversion
+
+    def _hf_names(self) -> NameMap:
+        """(our name, (GPT2LMHeadModel name,), transpose?) for every stored tensor.
+
+        GPT-2 uses ``Conv1D`` layers, which store their weight as (in, out): the transpose of
+        ``nn.Linear``'s (out, in). Biases and LayerNorms need no change. GPT-2's ``c_attn`` is a fused
+        q/k/v projection like ours.
+        """
+        names: NameMap = [("wte.weight", ("transformer.wte.weight",), False),
+                          ("wpe.weight", ("transformer.wpe.weight",), False)]
+        for i in range(self.config.n_layer):
+            ours, hf = f"h.{i}.", f"transformer.h.{i}."
+            pairs = [
+                ("ln_1", "ln_1", False), ("attn.qkv_proj", "attn.c_attn", True), ("attn.out_proj", "attn.c_proj", True),
+                ("ln_2", "ln_2", False), ("mlp.up_proj", "mlp.c_fc", True), ("mlp.down_proj", "mlp.c_proj", True),
+            ]
+            for a, b, transpose in pairs:
+                names.append((f"{ours}{a}.weight", (f"{hf}{b}.weight",), transpose))
+                names.append((f"{ours}{a}.bias", (f"{hf}{b}.bias",), False))
+        names += [("ln_f.weight", ("transformer.ln_f.weight",), False), ("ln_f.bias", ("transformer.ln_f.bias",), False)]
+        return names
+
+    def to_hf(self):
+        """A ``transformers.GPT2LMHeadModel`` with the same weights (and the same logits). Chapter 02."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        c = self.config
+        if not c.bias:
+            raise ValueError("GPT-2 has biases everywhere; a GPTConfig(bias=False) model cannot be converted")
+        hf_config = GPT2Config(
+            vocab_size=c.vocab_size, n_positions=c.n_positions, n_embd=c.n_embd, n_layer=c.n_layer,
+            n_head=c.n_head, n_inner=None, activation_function="gelu_new", resid_pdrop=c.dropout,
+            embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=c.layer_norm_epsilon,
+            bos_token_id=None, eos_token_id=None, tie_word_embeddings=True,
+        )
+        hf = GPT2LMHeadModel(hf_config)
+        state = state_to_hf(self.state_dict(), self._hf_names())
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+        hf.load_state_dict(state, strict=True)
+        return hf.to(self.wte.weight.device).train(self.training)
+
+    @classmethod
+    def from_hf(cls, hf_model) -> GPT:
+        """Build a ``GPT`` from a ``transformers.GPT2LMHeadModel`` (weights copied). Chapter 02."""
+        from transformers import GPT2LMHeadModel
+
+        if not isinstance(hf_model, GPT2LMHeadModel):
+            raise TypeError(f"from_hf expects a transformers GPT2LMHeadModel, got {type(hf_model).__name__}")
+        hc = hf_model.config
+        unsupported = {
+            "activation_function in (gelu_new, gelu_pytorch_tanh)": hc.activation_function in ("gelu_new", "gelu_pytorch_tanh"),
+            "n_inner == 4 * n_embd": hc.n_inner in (None, 4 * hc.n_embd),
+            "scale_attn_weights": bool(hc.scale_attn_weights),
+            "not scale_attn_by_inverse_layer_idx": not hc.scale_attn_by_inverse_layer_idx,
+            "not add_cross_attention": not hc.add_cross_attention,
+        }
+        failed = [k for k, ok in unsupported.items() if not ok]
+        if failed:
+            raise ValueError(f"this GPT2 config cannot be represented by GPT: it needs {failed}")
+        hf_state = hf_model.state_dict()
+        if not torch.equal(hf_state["lm_head.weight"], hf_state["transformer.wte.weight"]):
+            raise ValueError("GPT ties lm_head to the token embedding; this GPT2 model has an untied lm_head")
+        config = GPTConfig(
+            vocab_size=hc.vocab_size, n_positions=hc.n_positions, n_embd=hc.n_embd, n_layer=hc.n_layer,
+            n_head=hc.n_head, dropout=float(hc.resid_pdrop), layer_norm_epsilon=hc.layer_norm_epsilon, bias=True,
+        )
+        model = cls(config)
+        state = state_from_hf(hf_state, model._hf_names())
+        model.load_state_dict(state, strict=False)  # lm_head.weight is the tied wte.weight
+        return model.to(hf_state["transformer.wte.weight"].device).train(hf_model.training)

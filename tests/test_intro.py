@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from llm_course.gpt import GPT, GPTConfig
 from llm_course.intro import (GPT_SHAPES, BigramLM, SentenceEncoder, few_shot_classify, gpt_param_breakdown,
                               gpt_param_count, zero_shot_classify)
 
@@ -20,11 +21,14 @@ def test_gpt2_small_count_is_the_published_figure():
 @pytest.mark.parametrize("shape", GPT_SHAPES, ids=lambda s: s.name)
 def test_formula_matches_an_instantiated_transformers_gpt2(shape):
     cfg = GPT2Config(n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head,
-                     vocab_size=shape.vocab_size, n_positions=shape.n_positions)
+                     vocab_size=shape.vocab_size, n_positions=shape.n_positions, bos_token_id=None, eos_token_id=None)
     with torch.device("meta"):  # no memory is allocated, even for GPT-2 XL
         model = GPT2LMHeadModel(cfg)
+        ours = GPT(GPTConfig(n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head,
+                             vocab_size=shape.vocab_size, n_positions=shape.n_positions))
     actual = sum(p.numel() for p in model.parameters())  # tied weights are counted once
     assert gpt_param_count(shape.n_layer, shape.n_embd, shape.vocab_size, shape.n_positions) == actual
+    assert ours.num_parameters() == actual
 
 
 def test_breakdown_sums_and_rejects_nonsense():

@@ -11,6 +11,8 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 HAS_NVIDIA := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 TORCH_EXTRA := $(if $(HAS_NVIDIA),,--extra-index-url $(TORCH_CPU_INDEX))
 PYTEST_ARGS ?=
+# Jupyter refuses to run as root (as in many containers) unless told to.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
 .PHONY: help venv install lab test test-fast bench readme strip clean
 
@@ -36,7 +38,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 venv install: $(VENV)/.installed
 
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_ARGS) notebooks/
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

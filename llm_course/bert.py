@@ -200,7 +200,8 @@ class BERT(PretrainedMixin, nn.Module):
                 )
 
         positions = torch.arange(T, device=input_ids.device)
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + self.position_embeddings(positions)
+        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+             + self.position_embeddings(positions))
         x = self.dropout(self.embeddings_ln(x))  # (B, T, C)
 
         # (B, 1, 1, T) boolean: every query of every head ignores the padded keys
@@ -292,7 +293,8 @@ class BERT(PretrainedMixin, nn.Module):
                 f"from_hf expects a transformers BertForMaskedLM or BertForPreTraining, got {type(hf_model).__name__}"
             )
         hc = hf_model.config
-        acts = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
+        acts = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                "relu": "relu", "silu": "silu"}
         if hc.hidden_act not in acts:
             raise ValueError(f"hidden_act {hc.hidden_act!r} is not supported; use one of {sorted(acts)}")
         config = BERTConfig(

@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "lab":
             if importlib.util.find_spec("jupyterlab") is None:
                 raise ValueError("JupyterLab is not installed: pip install 'llm-course[lab]' (or run `make lab`)")
-            return subprocess.call([sys.executable, "-m", "jupyterlab", str(notebooks_dir())])
+            root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+            return subprocess.call([sys.executable, "-m", "jupyterlab", *root, str(notebooks_dir())])
         elif args.cmd == "bench":
             _bench(args.names, args.quick)
             if not args.quick:

@@ -140,7 +140,10 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu"):
-        """Load a model saved by ``save_pretrained`` (a local directory; nothing is downloaded)."""
+        """Load a model saved by ``save_pretrained`` (a local directory; nothing is downloaded).
+
+        Like ``transformers``, the model comes back in eval mode (dropout off): call ``.train()`` to train.
+        """
         from safetensors.torch import load_file
 
         directory = Path(directory)
@@ -180,11 +183,12 @@ class PretrainedMixin:
             raise ValueError(
                 f"{weights_path} does not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
-        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+        wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+                 for k, v in expected.items() if state[k].shape != v.shape]
         if wrong:
             raise ValueError(f"{weights_path} has tensors of the wrong shape (file vs config): {wrong[:5]}")
         model.load_state_dict(state, strict=False)  # strict=False only because tied weights are not stored
-        return model.to(device)
+        return model.to(device).eval()
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters, tied ones counted once (as ``transformers``' ``num_parameters``).
@@ -375,9 +379,10 @@ class GPT(PretrainedMixin, nn.Module):
                 )
             past_length = past_key_values[0][0].shape[2]
         if past_length + T > self.config.n_positions:
+            cached = f" ({past_length} cached + {T} new)" if past_length else ""
             raise ValueError(
-                f"sequence too long: {past_length} cached + {T} new = {past_length + T} tokens, but the model "
-                f"has only n_positions={self.config.n_positions} position embeddings; truncate the input "
+                f"sequence too long: {past_length + T} tokens{cached}, but the model has only "
+                f"n_positions={self.config.n_positions} position embeddings; truncate the input "
                 "(e.g. keep the last n_positions tokens) or build the model with a larger n_positions"
             )
         check_attention_mask(attention_mask, (B, past_length + T), "batch, cached + new tokens")
@@ -428,7 +433,8 @@ class GPT(PretrainedMixin, nn.Module):
             for a, b, transpose in pairs:
                 names.append((f"{ours}{a}.weight", (f"{hf}{b}.weight",), transpose))
                 names.append((f"{ours}{a}.bias", (f"{hf}{b}.bias",), False))
-        names += [("ln_f.weight", ("transformer.ln_f.weight",), False), ("ln_f.bias", ("transformer.ln_f.bias",), False)]
+        names += [("ln_f.weight", ("transformer.ln_f.weight",), False),
+                  ("ln_f.bias", ("transformer.ln_f.bias",), False)]
         return names
 
     def to_hf(self):
@@ -459,7 +465,8 @@ class GPT(PretrainedMixin, nn.Module):
             raise TypeError(f"from_hf expects a transformers GPT2LMHeadModel, got {type(hf_model).__name__}")
         hc = hf_model.config
         unsupported = {
-            "activation_function in (gelu_new, gelu_pytorch_tanh)": hc.activation_function in ("gelu_new", "gelu_pytorch_tanh"),
+            "activation_function in (gelu_new, gelu_pytorch_tanh)":
+                hc.activation_function in ("gelu_new", "gelu_pytorch_tanh"),
             "n_inner == 4 * n_embd": hc.n_inner in (None, 4 * hc.n_embd),
             "scale_attn_weights": bool(hc.scale_attn_weights),
             "not scale_attn_by_inverse_layer_idx": not hc.scale_attn_by_inverse_layer_idx,

@@ -153,7 +153,10 @@ def future_token_influence(
 
 @torch.no_grad()
 def padding_influence(
-    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], input_ids: torch.Tensor, n_pad: int, pad_token_id: int = 0
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    n_pad: int,
+    pad_token_id: int = 0,
 ) -> float:
     """How much the real tokens' outputs change when ``n_pad`` padding tokens are appended. Chapter 02.
 

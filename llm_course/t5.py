@@ -99,7 +99,9 @@ class T5Config:
                 "buckets already cover that far, so there would be no room for the logarithmic ones"
             )
         if self.feed_forward_proj not in _FEED_FORWARD:
-            raise ValueError(f"feed_forward_proj must be one of {sorted(_FEED_FORWARD)}, got {self.feed_forward_proj!r}")
+            raise ValueError(
+                f"feed_forward_proj must be one of {sorted(_FEED_FORWARD)}, got {self.feed_forward_proj!r}"
+            )
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be a token id in [0, {self.vocab_size})")
@@ -361,7 +363,9 @@ class T5(PretrainedMixin, nn.Module):
         """Run the encoder once; pass the result as ``encoder_outputs`` to every decoding step."""
         input_ids = check_input_ids(input_ids, self.config.vocab_size)
         check_attention_mask(attention_mask, tuple(input_ids.shape), "batch, source length")
-        hidden, weights, _, _ = self.encoder(self.shared(input_ids), attention_mask, output_attentions=output_attentions)
+        hidden, weights, _, _ = self.encoder(
+            self.shared(input_ids), attention_mask, output_attentions=output_attentions
+        )
         return EncoderOutput(hidden, tuple(weights) if output_attentions else None)
 
     def forward(
@@ -389,7 +393,9 @@ class T5(PretrainedMixin, nn.Module):
                 raise ValueError("pass input_ids (the source tokens) or encoder_outputs from model.encode(...)")
             encoder_outputs = self.encode(input_ids, attention_mask, output_attentions)
         elif not isinstance(encoder_outputs, EncoderOutput):
-            raise TypeError(f"encoder_outputs must be the EncoderOutput of model.encode(), got {type(encoder_outputs).__name__}")
+            raise TypeError(
+                f"encoder_outputs must be the EncoderOutput of model.encode(), got {type(encoder_outputs).__name__}"
+            )
         enc = encoder_outputs.last_hidden_state
         check_attention_mask(attention_mask, tuple(enc.shape[:2]), "batch, source length")
 
@@ -501,7 +507,9 @@ class T5(PretrainedMixin, nn.Module):
             raise TypeError(f"from_hf expects a transformers T5ForConditionalGeneration, got {type(hf_model).__name__}")
         hc = hf_model.config
         if hc.feed_forward_proj not in _FEED_FORWARD:
-            raise ValueError(f"feed_forward_proj {hc.feed_forward_proj!r} is not supported; use one of {sorted(_FEED_FORWARD)}")
+            raise ValueError(
+                f"feed_forward_proj {hc.feed_forward_proj!r} is not supported; use one of {sorted(_FEED_FORWARD)}"
+            )
         hf_state = hf_model.state_dict()
         if not torch.equal(hf_state["lm_head.weight"], hf_state["shared.weight"]):
             raise ValueError("T5 ties lm_head to the shared embedding; this model's lm_head differs from it")

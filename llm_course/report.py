@@ -93,8 +93,12 @@ def benchmark_sections() -> str:
         m = data.get("machine", {})
         where = (f"{m.get('cpu_count', '?')} cores, torch {m.get('torch', '?')}, "
                  f"{m.get('cuda') or 'CPU'}, {m.get('date', '?')}")
-        out.append(f"#### {data.get('name', path.stem)}\n\n*Measured on {where}.*\n\n"
-                   f"{format_table(data.get('rows', []))}\n")
+        # Rows with different columns (e.g. two experiments in one benchmark) get their own tables.
+        groups: dict[tuple, list] = {}
+        for row in data.get("rows", []):
+            groups.setdefault(tuple(row), []).append(row)
+        tables = "\n\n".join(format_table(rows) for rows in groups.values())
+        out.append(f"#### {data.get('name', path.stem)}\n\n*Measured on {where}.*\n\n{tables}\n")
         if data.get("notes"):
             out.append(data["notes"] + "\n")
     return "\n".join(out) if out else "*No benchmark has been recorded yet: run `make bench`.*"

@@ -26,10 +26,10 @@ What is here:
 * ``split_heads`` / ``merge_heads``;
 * ``MultiHeadAttention`` (self- or cross-attention, masks, optional KV cache) and ``FeedForward``.
 
-The manual's ``MultiHeadAttention`` (section "Трансформеры и механизмы внимания") uses
-``masked_fill(mask == 0, -1e9)``, i.e. the opposite convention for integer masks (1 = keep), and a
-finite -1e9: both are common, so ``scaled_dot_product_attention`` refuses integer masks with a
-message instead of guessing what 0 and 1 mean.
+The manual's ``MultiHeadAttention`` (section "Трансформеры и механизмы внимания") fills
+``mask == 0`` with -1e9, i.e. 1 = keep, like the True = keep used here; ``torch.nn.MultiheadAttention``
+and ``nn.Transformer*`` layers use the opposite, True = *forbidden*. Because both conventions are
+common, integer masks are refused with a message instead of guessing what 0 and 1 mean.
 """
 
 from __future__ import annotations

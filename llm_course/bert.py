@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import ACTIVATIONS, FeedForward, MultiHeadAttention, padding_mask
-from .gpt import NameMap, PretrainedMixin, check_attention_mask, check_input_ids, state_from_hf, state_to_hf
+from .modeling import NameMap, PretrainedMixin, check_attention_mask, check_input_ids, state_from_hf, state_to_hf
 
 __all__ = ["BERTConfig", "BERT", "MaskedLMOutput"]
 

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import FeedForward, MultiHeadAttention, causal_mask, combine_masks, padding_mask
-from .gpt import NameMap, PretrainedMixin, check_attention_mask, check_input_ids, state_from_hf, state_to_hf
+from .modeling import NameMap, PretrainedMixin, check_attention_mask, check_input_ids, state_from_hf, state_to_hf
 
 __all__ = [
     "T5Config",

@@ -6,7 +6,8 @@ Modules mirror the chapters (each function's docstring names the chapter that in
   :mod:`llm_course.intro` (bigram LM, parameter counts, zero-/few-shot), :mod:`llm_course.utils`
 * 02 — :mod:`llm_course.gpt`, :mod:`llm_course.bert`, :mod:`llm_course.t5` (shared: :mod:`llm_course.modeling`)
 * 03 — :mod:`llm_course.attention`, :mod:`llm_course.widgets`
-* 04 — :mod:`llm_course.objectives` (causal LM and MLM data), :mod:`llm_course.training` (the loop)
+* 04 — :mod:`llm_course.objectives` (causal LM and MLM data), :mod:`llm_course.training` (the loop),
+  :mod:`llm_course.pretraining` (the notebook's recipe), :mod:`llm_course.zoo` (shipped checkpoints)
 
 Import what you need from its module (``from llm_course.tokenizer import ByteLevelBPETokenizer``);
 this package imports nothing heavy on its own.

@@ -8,6 +8,12 @@ Chapter 01 (course set-up)::
     llm-course bench [NAME ...]        # run benchmarks/bench_*.py, record, update the README
     llm-course readme                  # regenerate the README's measured tables
     llm-course strip FILE.ipynb ...    # remove outputs (notebooks are committed without them)
+
+Chapter 04 (the model zoo, ``llm_course.zoo``)::
+
+    llm-course zoo list                # the shipped pretrained checkpoints and their scores
+    llm-course zoo train NAME [--out DIR]   # re-make a checkpoint from its recipe
+    llm-course zoo eval NAME           # re-score a checkpoint on its recorded validation text
 """
 
 from __future__ import annotations
@@ -150,6 +156,33 @@ def _bench(names: Sequence[str], quick: bool) -> None:
         mod.run(quick=quick)
 
 
+def _zoo(args: argparse.Namespace) -> None:
+    """``llm-course zoo list|train|eval``. Chapter 04 (the model zoo)."""
+    from . import zoo
+
+    if args.zoo_cmd == "list":
+        for row in zoo.list_checkpoints():
+            if row["shipped"]:
+                bpc = row.get("val_bits_per_char")
+                score = f"val loss {row['val_loss']:.4f}" + (f", {bpc:.3f} bits/char" if bpc else "")
+                state = f"shipped, {row['parameters']:,} parameters, {row['size_mb']} MB, {score}"
+            else:
+                state = f"not shipped (llm-course zoo train {row['name']})"
+            print(f"{row['name']:<12} {row['kind']:<10} {state}")
+            print(f"{'':<12} {row['description']}")
+    elif args.zoo_cmd == "train":
+        out = zoo.train_checkpoint(args.name, args.out, overwrite=args.overwrite)
+        metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        print(f"wrote {out}: validation {json.dumps({k: v for k, v in metrics['validation'].items() if k != 'what'})}")
+    elif args.zoo_cmd == "eval":
+        r = zoo.evaluate_checkpoint(args.name)
+        print(f"{r['name']} ({r['kind']}): recorded val-slice loss {r['recorded']:.6f}, measured {r['measured']:.6f} "
+              f"(|diff| {r['abs_diff']:.2e})")
+        v = r["validation"]
+        bpc = f", {v['bits_per_char']:.4f} bits/char" if "bits_per_char" in v else ""
+        print(f"docs validation split on this machine: loss {v['loss']:.4f}{bpc}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-course", description="The LLM course's helper command.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -166,6 +199,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("readme", help="regenerate the README's measured tables")
     p_s = sub.add_parser("strip", help="remove outputs from notebooks")
     p_s.add_argument("files", nargs="+", type=Path)
+    p_z = sub.add_parser("zoo", help="the course's pretrained checkpoints (chapter 04)")
+    zsub = p_z.add_subparsers(dest="zoo_cmd", required=True)
+    zsub.add_parser("list", help="list the checkpoints and their validation scores")
+    p_zt = zsub.add_parser("train", help="re-make a checkpoint from its recipe (minutes on a CPU)")
+    p_zt.add_argument("name", help="e.g. course-gpt")
+    p_zt.add_argument("--out", type=Path, default=None, help="output folder (default runs/zoo/NAME)")
+    p_zt.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p_ze = zsub.add_parser("eval", help="re-score a checkpoint on its recorded validation text")
+    p_ze.add_argument("name", help="a zoo name or a checkpoint folder")
     args = parser.parse_args(argv)
 
     try:
@@ -191,11 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "readme":
             from .report import update_readme
             print("README updated" if update_readme() else "README already up to date")
+        elif args.cmd == "zoo":
+            _zoo(args)
         elif args.cmd == "strip":
             for f in args.files:
                 if strip_notebook(f):
                     print(f"stripped {f}")
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError) as exc:
         print(f"llm-course {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
     return 0

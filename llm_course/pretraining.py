@@ -59,12 +59,14 @@ __all__ = [
     "PretrainRun",
     "pretrain_gpt",
     "generate",
+    "complete",
     "SampleLogger",
     "offset_accuracy",
     "bert_inputs",
     "mlm_batch",
     "masking_stats",
     "fill_mask",
+    "mlm_accuracy",
 ]
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token
@@ -460,6 +462,20 @@ def generate(
     return ids
 
 
+def complete(model: GPT, tokenizer: ByteLevelBPETokenizer, prompt: str, max_new_tokens: int = 30,
+             temperature: float = 0.0, top_k: int | None = None, seed: int = 0) -> str:
+    """The text ``model`` writes after ``prompt`` (the continuation only). Chapter 04 (pretraining).
+
+    ``temperature`` 0: greedy; otherwise sampling with a generator seeded by ``seed``, so the same
+    call gives the same text. The continuation is decoded from the new token ids only (never by cutting
+    the decoded string at ``len(prompt)``: a token can straddle the boundary).
+    """
+    ids = torch.tensor([tokenizer.encode(prompt, allowed_special="none")])
+    out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                   generator=torch.Generator().manual_seed(seed))
+    return tokenizer.decode(out[0, ids.shape[1]:].tolist())
+
+
 class SampleLogger:
     """A ``train`` callback that prints what ``model`` writes after ``prompt`` as it learns. Chapter 04.
 
@@ -628,3 +644,28 @@ def fill_mask(model: nn.Module, tokenizer: ByteLevelBPETokenizer, text: str, wor
     probs = F.softmax(logits.float(), dim=-1)
     top = torch.topk(probs, k)
     return [(tokenizer.decode([int(i)]), float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def mlm_accuracy(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How often a masked LM's top guess is the hidden token, on one masked ``batch``. Chapter 04.
+
+    ``batch``: ``input_ids``, ``attention_mask`` and ``labels`` (-100 where nothing is hidden), e.g. from
+    ``mlm_batch``. Returns ``accuracy``, the ``baseline`` of always guessing the most frequent hidden
+    token, and ``hidden`` (how many positions were scored).
+    """
+    labels = batch["labels"]
+    hidden = labels != -100
+    if not bool(hidden.any()):
+        raise ValueError("the batch hides no tokens (all labels are -100); mask some with mask_tokens/mlm_batch")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    model.train(was_training)
+    guess = logits.argmax(-1).cpu()
+    return {
+        "accuracy": (guess[hidden] == labels[hidden]).float().mean().item(),
+        "baseline": torch.bincount(labels[hidden]).max().item() / int(hidden.sum()),
+        "hidden": int(hidden.sum()),
+    }

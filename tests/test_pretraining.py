@@ -25,10 +25,12 @@ from llm_course.pretraining import (
     TimeBudget,
     TokenizedCorpus,
     bert_inputs,
+    complete,
     fastest_threads,
     fill_mask,
     generate,
     masking_stats,
+    mlm_accuracy,
     mlm_batch,
     offset_accuracy,
     prepare_docs_tokens,
@@ -251,7 +253,52 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
         generate(model, prompt, 3, temperature=-1)
 
 
+def test_complete_decodes_only_the_new_tokens(data):
+    model = _gpt(vocab_size=data.tokenizer.vocab_size)
+    tok = data.tokenizer
+    prompt = "Return the"
+    ids = torch.tensor([tok.encode(prompt)])
+    greedy = generate(model, ids, 7, temperature=0)
+    assert complete(model, tok, prompt, 7) == tok.decode(greedy[0, ids.shape[1]:].tolist())
+    sampled = [complete(model, tok, prompt, 7, temperature=1.0, top_k=20, seed=s) for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1]  # seeded
+    expected = generate(model, ids, 7, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(2))
+    assert sampled[2] == tok.decode(expected[0, ids.shape[1]:].tolist())
+    # special-token text in a prompt stays text: it is never turned into the control token
+    assert tok.special_tokens[EOT] not in tok.encode(EOT, allowed_special="none")
+    complete(model, tok, EOT, 2)
+
+
 # ---------------------------------------------------------------- masked LM
+
+
+def test_mlm_accuracy_counts_top_guesses(bert_tok):
+    torch.manual_seed(0)
+    model = BERT(BERTConfig(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=64,
+                            pad_token_id=bert_tok.special_tokens["[PAD]"])).eval()
+    batch = mlm_batch(bert_inputs(bert_tok, TEXT.split("\n\n")[:30]), bert_tok, 16, torch.Generator().manual_seed(0))
+    r = mlm_accuracy(model, batch)
+    with torch.no_grad():
+        guess = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
+    hidden = batch["labels"] != -100
+    assert r["hidden"] == int(hidden.sum()) > 0
+    assert r["accuracy"] == pytest.approx((guess[hidden] == batch["labels"][hidden]).float().mean().item())
+    counts = torch.bincount(batch["labels"][hidden])
+    assert r["baseline"] == pytest.approx(counts.max().item() / hidden.sum().item())
+    # a model that always answers the most frequent hidden token scores exactly the baseline
+    class Constant(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(*input_ids.shape, 300)
+            logits[..., counts.argmax()] = 1.0
+            return type("Out", (), {"logits": logits})()
+    assert mlm_accuracy(Constant(), batch)["accuracy"] == pytest.approx(r["baseline"])
+    with pytest.raises(ValueError, match="hides no tokens"):
+        mlm_accuracy(model, {**batch, "labels": torch.full_like(batch["labels"], -100)})
 
 
 def test_bert_inputs_frames_and_pads(bert_tok):

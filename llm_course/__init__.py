@@ -8,9 +8,19 @@ Modules mirror the chapters (each function's docstring names the chapter that in
 * 03 — :mod:`llm_course.attention`, :mod:`llm_course.widgets`
 * 04 — :mod:`llm_course.objectives` (causal LM and MLM data), :mod:`llm_course.training` (the loop),
   :mod:`llm_course.pretraining` (the notebook's recipe), :mod:`llm_course.zoo` (shipped checkpoints)
+* 07 — :mod:`llm_course.generation` (decoding), :mod:`llm_course.sampling_explorer`,
+  :mod:`llm_course.quantization` (int8, NF4), :mod:`llm_course.onnx_export`
 
 Import what you need from its module (``from llm_course.tokenizer import ByteLevelBPETokenizer``);
 this package imports nothing heavy on its own.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# transformers imports torchao whenever it is installed; on a CPU-only machine torchao then logs a
+# "Failed to load ..." warning for each of its CUDA-only kernels, and torch logs enum-registration
+# notices. Neither means anything is wrong; keep them out of students' notebooks.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)

@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .tokenizer import ByteLevelBPETokenizer
+
 __all__ = [
     "GenerationConfig",
     "apply_repetition_penalty",
@@ -118,7 +120,7 @@ class GenerationConfig:
                        if v != off and not (k == "top_k" and v == 0)]
             if ignored:
                 raise ValueError(
-                    f"{', '.join(ignored)} only change sampling, but do_sample=False decodes greedily, so "
+                    f"{', '.join(ignored)} only affect sampling, but do_sample=False decodes greedily, so "
                     "they would be silently ignored (the manual's trap, ERRATA 7). Pass do_sample=True to "
                     "sample, or drop them for greedy decoding"
                 )
@@ -271,19 +273,27 @@ class _State:
 
     past: Any = None
     fed: int = 0  # how many tokens of the sequence the cache already holds
+    padded: bool | None = None  # does any prompt have padding? (generated tokens never do)
 
 
 def _forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, state: _State, use_cache: bool) -> torch.Tensor:
     """Logits (B, V) for the token after ``ids`` (B, T); feeds only the tokens the cache lacks."""
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: every row starts at position 0
+    if state.padded is None:
+        state.padded = not bool(mask.all())
+    inputs: dict[str, Any] = {"attention_mask": mask}
+    if state.padded:  # left padding: count positions from each row's first real token
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    elif _is_course_model(model):  # no padding: the course's GPT needs no mask (one step is cheaper)
+        inputs = {}
     if use_cache:
         new = slice(state.fed, ids.shape[1])
+        if "position_ids" in inputs:
+            inputs["position_ids"] = inputs["position_ids"][:, new]
         name = _cache_argument(model)
-        out = model(input_ids=ids[:, new], attention_mask=mask, position_ids=positions[:, new],
-                    use_cache=True, **{name: state.past})
+        out = model(input_ids=ids[:, new], use_cache=True, **{name: state.past}, **inputs)
         state.past, state.fed = getattr(out, name), ids.shape[1]
     else:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        out = model(input_ids=ids, use_cache=False, **inputs)
     return out.logits[:, -1, :].float()
 
 
@@ -590,10 +600,11 @@ def _encode_plain(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text`` with special-token strings kept as text (course or transformers tokenizer)."""
     if not isinstance(text, str) or not text:
         raise ValueError("the prompt must be a non-empty string")
-    try:
-        return tokenizer.encode(text, allowed_special="none")  # the course's ByteLevelBPETokenizer
-    except TypeError:
-        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    if isinstance(tokenizer, ByteLevelBPETokenizer):  # the course's tokenizer
+        return tokenizer.encode(text, allowed_special="none")
+    # a transformers tokenizer: its encode() would silently ignore allowed_special (and turn a typed
+    # "<|endoftext|>" into the control token); split_special_tokens keeps such strings as text
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 

@@ -1071,3 +1071,13 @@ class AttentionExplorer(widgets.VBox):
 
     def _on_display(self, change: dict) -> None:
         self._render()
+
+
+def __getattr__(name: str) -> Any:
+    """``llm_course.widgets.SamplingExplorer``: chapter 07's explorer, imported on first use (its module
+    imports this one, so a plain import here would be circular)."""
+    if name == "SamplingExplorer":
+        from llm_course.sampling_explorer import SamplingExplorer
+
+        return SamplingExplorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,12 +34,7 @@ from llm_course.tokenizer import ByteLevelBPETokenizer
 V = 97
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gpt(seed: int = 0, vocab_size: int = V, T: int = 48) -> GPT:

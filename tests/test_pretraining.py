@@ -48,13 +48,7 @@ SMALL = PretrainRecipe(vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_siz
                        min_lr=1e-3, max_steps=40, eval_every=20, eval_batches=2, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,12 +38,7 @@ CONTEXT = 32  # the models' context window: long prompts are cheap to build
 DPI = 30  # small pictures: the tests check state and that the picture changes, not its looks
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,11 @@ not support, CPU last), or raises a clear error when this onnxruntime build lack
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -104,32 +103,6 @@ def _config_numbers(model: nn.Module) -> tuple[int, int]:
     return model.config.n_positions, model.config.vocab_size
 
 
-@contextlib.contextmanager
-def _symbolic_input_ids() -> Iterator[None]:
-    """Let ``torch.export`` trace the course GPT: skip its token-id *value* check while tracing.
-
-    ``GPT.forward`` checks ``input_ids.min()`` and ``.max()`` against the vocabulary (a clear error
-    instead of an IndexError inside ``nn.Embedding``). While ``torch.export`` traces, the ids are
-    symbolic: they have a shape but no values, so that check cannot run and the export fails with
-    ``GuardOnDataDependentSymNode``. The check is therefore skipped while compiling, and
-    ``OnnxCausalLM`` makes it on the real ids before each run instead.
-    """
-    from . import gpt as gpt_module
-
-    original = gpt_module.check_input_ids
-
-    def check_input_ids(input_ids: torch.Tensor, vocab_size: int, name: str = "input_ids") -> torch.Tensor:
-        if torch.compiler.is_compiling():  # tracing: shapes only, no values
-            return input_ids
-        return original(input_ids, vocab_size, name)
-
-    gpt_module.check_input_ids = check_input_ids
-    try:
-        yield
-    finally:
-        gpt_module.check_input_ids = original
-
-
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -168,7 +141,7 @@ def export_onnx(
     wrapper = LogitsOnly(model.cpu()).eval()
     ids = example_input_ids.cpu().long()
     try:
-        with torch.no_grad(), _symbolic_input_ids(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings():
             if dynamo:
                 # Dim("seq", max=n_positions): the exporter proves the graph is valid for these sizes only
                 batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=n_positions)

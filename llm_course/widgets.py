@@ -109,7 +109,12 @@ _CONTEXT_FIELDS = (
 _UNICODE_TO_BYTE: dict[str, int] = {c: b for b, c in bytes_to_unicode().items()}
 
 # Characters that are invisible or break a plot label, and what we show instead.
-_VISIBLE = {" ": "·", "▁": "·", "\n": "↵", "\t": "→", "\r": "␍"}
+_VISIBLE = {" ": "·", "▁": "·", "\n": "↵", "\t": "→", "\r": "\\r"}
+
+
+def _visible(text: str) -> str:
+    """Apply ``_VISIBLE`` and escape other control characters (no font has glyphs for them)."""
+    return "".join(_VISIBLE.get(c, f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
 
 
 def token_label(token: str | bytes, byte_level: bool = False) -> str:
@@ -119,7 +124,8 @@ def token_label(token: str | bytes, byte_level: bool = False) -> str:
     * With ``byte_level=True`` the token is in GPT-2's byte alphabet ('Ġthe' is the bytes
       b' the') and is first mapped back to its bytes.
     * A space, or SentencePiece's '▁', is shown as '·' so that ' the' and 'the' differ
-      on a plot axis; a newline as '↵', a tab as '→'.
+      on a plot axis; a newline as '↵', a tab as '→', other control characters as escapes
+      ('\\r', '\\x0c': no font has glyphs for them).
     * Bytes that are not valid UTF-8 on their own (a byte-level BPE token often holds half
       of a Cyrillic letter) are shown as escapes, e.g. '\\xd0'.
     """
@@ -127,7 +133,7 @@ def token_label(token: str | bytes, byte_level: bool = False) -> str:
         raw = bytes(token)
     elif isinstance(token, str):
         if not byte_level:
-            return "".join(_VISIBLE.get(c, c) for c in token)
+            return _visible(token)
         # Characters outside the byte alphabet (special tokens such as '<｜end｜>') keep
         # their own UTF-8 bytes.
         raw = b"".join(
@@ -137,7 +143,7 @@ def token_label(token: str | bytes, byte_level: bool = False) -> str:
     else:
         raise TypeError(f"a token must be str or bytes, got {type(token).__name__}")
     text = raw.decode("utf-8", errors="backslashreplace")
-    return "".join(_VISIBLE.get(c, c) for c in text)
+    return _visible(text)
 
 
 def _is_byte_level(tokenizer: Any) -> bool:

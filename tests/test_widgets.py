@@ -361,8 +361,9 @@ def test_token_label_examples():
 def test_token_label_inverts_gpt2_byte_alphabet(text):
     b2u = bytes_to_unicode()
     token = "".join(b2u[b] for b in text.encode("utf-8"))
-    visible = {" ": "·", "▁": "·", "\n": "↵", "\t": "→", "\r": "␍"}
-    assert token_label(token, byte_level=True) == "".join(visible.get(c, c) for c in text)
+    visible = {" ": "·", "▁": "·", "\n": "↵", "\t": "→", "\r": "\\r"}
+    expected = "".join(visible.get(c, f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in text)
+    assert token_label(token, byte_level=True) == expected
 
 
 # --------------------------------------------------------------------------------------

@@ -160,10 +160,8 @@ def weight_error(model: GPT, quantized: nn.Module) -> float | None:
     return (err / power) ** 0.5 if power else None
 
 
-def bench_memory(model: GPT, label: str) -> list[dict[str, Any]]:
-    """model_size_bytes of float32, bfloat16, int8 and NF4 copies; bits per quantized weight."""
-    fp32 = model_size_bytes(model)
-    n_params = sum(p.numel() for p in model.parameters())
+def quantized_variants(model: GPT, torchao_dynamic: bool = False) -> dict[str, torch.nn.Module]:
+    """float32 and every int8 / NF4 variant of ``model`` that this machine can make."""
     variants = {
         "fp32": model,
         "int8 written-out": quantize_int8(model),
@@ -173,6 +171,16 @@ def bench_memory(model: GPT, label: str) -> list[dict[str, Any]]:
     }
     if torchao_available():
         variants["int8 torchao weight-only"] = quantize_int8_library(model, "torchao-weight-only")
+        if torchao_dynamic:
+            variants["int8 torchao dynamic"] = quantize_int8_library(model, "torchao-dynamic")
+    return variants
+
+
+def bench_memory(model: GPT, label: str) -> list[dict[str, Any]]:
+    """model_size_bytes of float32, bfloat16, int8 and NF4 copies; bits per quantized weight."""
+    fp32 = model_size_bytes(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    variants = quantized_variants(model)
     bf16 = model_size_bytes(copy.deepcopy(model).to(torch.bfloat16))
     rows = [{"case": "memory", "model": label, "variant": "bf16", "MiB": bf16 / 2**20, "vs_fp32": bf16 / fp32,
              "bytes_per_param": bf16 / n_params}]
@@ -197,16 +205,7 @@ def bench_quality() -> list[dict[str, Any]]:
     model, tok = load_pretrained("course-gpt")
     val = docs_corpus().val[:VAL_CHARS]
     data = prepare_docs_tokens(corpus=TextCorpus(train=val[:1000], val=val), tokenizer=tok)
-    variants = {
-        "fp32": model,
-        "int8 written-out": quantize_int8(model),
-        "int8 torch.ao quantize_dynamic": quantize_int8_library(model, "torch.ao-dynamic"),
-        "NF4 (block 64)": quantize_nf4(model, double_quant=False),
-        "NF4 + double quant": quantize_nf4(model, double_quant=True),
-    }
-    if torchao_available():
-        variants["int8 torchao weight-only"] = quantize_int8_library(model, "torchao-weight-only")
-        variants["int8 torchao dynamic"] = quantize_int8_library(model, "torchao-dynamic")
+    variants = quantized_variants(model, torchao_dynamic=True)
     base = validation_bpc(model, data)
     rows = []
     for name, m in variants.items():

@@ -27,8 +27,7 @@ from __future__ import annotations
 import html
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -47,7 +46,7 @@ from llm_course.generation import (
     generate,
     next_token_distributions,
 )
-from llm_course.widgets import _is_byte_level, _labels, _place, _token_strings, figure_to_png
+from llm_course.widgets import _Holdable, _is_byte_level, _labels, _place, _token_strings, figure_to_png
 
 __all__ = ["STAGES", "SamplingExplorer", "distributions_figure", "entropy"]
 
@@ -236,7 +235,7 @@ def _default_eos(tokenizer: Any) -> int | None:
     return special.get("<|endoftext|>") if isinstance(special, Mapping) else None
 
 
-class SamplingExplorer(widgets.VBox):
+class SamplingExplorer(_Holdable, widgets.VBox):
     """Interactive view of sampling: how each setting reshapes the next-token distribution. Chapter 07.
 
     ``SamplingExplorer(model, tokenizer, prompt)`` with the course's ``GPT`` and ``ByteLevelBPETokenizer``
@@ -542,15 +541,6 @@ class SamplingExplorer(widgets.VBox):
         return self
 
     # ---- internals --------------------------------------------------------------------
-
-    @contextmanager
-    def _hold(self) -> Iterator[None]:
-        """Change several controls without reacting to each one."""
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
 
     def _settings_text(self) -> str:
         c = self.generation_config()

@@ -745,7 +745,22 @@ _VIEWS = {"head": "one head", "grid": "all heads", "token": "one token"}
 _CACHE_BYTES = 256 * 2**20  # attention weights the explorer keeps for texts seen recently
 
 
-class AttentionExplorer(widgets.VBox):
+class _Holdable:
+    """Batch several control changes into one redraw: ``with self._hold(): ...`` (both explorers)."""
+
+    _holding = 0  # > 0 while several controls change at once
+
+    @contextmanager
+    def _hold(self) -> Iterator[None]:
+        """Change several controls without redrawing after each one."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+
+
+class AttentionExplorer(_Holdable, widgets.VBox):
     """Interactive view of a model's attention: pick text, model, kind, layer and head.
 
     Chapter 03 (attention). Build it with one model or several::
@@ -952,15 +967,6 @@ class AttentionExplorer(widgets.VBox):
         return self
 
     # ---- internals ------------------------------------------------------------------
-
-    @contextmanager
-    def _hold(self) -> Iterator[None]:
-        """Change several controls without redrawing after each one."""
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
 
     def _collect(self, model_name: str, text: str, decoder_text: str) -> AttentionData:
         """collect_attentions with a small cache, so a layer/head change never reruns the model."""

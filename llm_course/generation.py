@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .static_cache import StaticCacheDecoder
 from .tokenizer import ByteLevelBPETokenizer
 
 __all__ = [
@@ -274,10 +275,18 @@ class _State:
     past: Any = None
     fed: int = 0  # how many tokens of the sequence the cache already holds
     padded: bool | None = None  # does any prompt have padding? (generated tokens never do)
+    max_length: int = 0  # prompt + new tokens: the course's GPT then decodes with a preallocated cache
+    decoder: StaticCacheDecoder | None = None
 
 
 def _forward(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, state: _State, use_cache: bool) -> torch.Tensor:
     """Logits (B, V) for the token after ``ids`` (B, T); feeds only the tokens the cache lacks."""
+    if use_cache and state.max_length and StaticCacheDecoder.supports(model):  # the lean loop (static_cache.py)
+        if state.decoder is None:
+            state.decoder = StaticCacheDecoder(model, ids.shape[0], state.max_length)
+            return state.decoder.prefill(ids, mask)
+        assert ids.shape[1] == state.decoder.length + 1, "the lean decoder takes exactly one new token per step"
+        return state.decoder.step(ids[:, -1])
     if state.padded is None:
         state.padded = not bool(mask.all())
     inputs: dict[str, Any] = {"attention_mask": mask}
@@ -306,6 +315,8 @@ def _cache_argument(model: nn.Module) -> str:
 
 def _reorder_cache(state: _State, index: torch.Tensor) -> None:
     """Keep the cache rows of the beams that survived (``index``: which old row each new row copies)."""
+    if state.decoder is not None:
+        state.decoder.reorder(index)
     if state.past is None:
         return
     if hasattr(state.past, "reorder_cache"):  # a transformers Cache
@@ -387,7 +398,7 @@ def _token_steps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     eos = torch.tensor(config.eos_ids, device=input_ids.device)
     stops = _StopStrings(config.stop_strings, tokenizer, input_ids.shape[1])
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    state, ids, mask = _State(), input_ids, attention_mask
+    state, ids, mask = _State(max_length=input_ids.shape[1] + config.max_new_tokens), input_ids, attention_mask
     for _ in range(config.max_new_tokens):
         logits = process_logits(_forward(model, ids, mask, state, config.use_cache), ids, config)
         if config.do_sample:
@@ -453,7 +464,7 @@ def _beam_search_one(model: nn.Module, prompt: torch.Tensor, config: GenerationC
     beams = prompt.repeat(K, 1)  # (K, T): every beam starts as the prompt ...
     scores = torch.full((K,), -1e9, device=prompt.device)
     scores[0] = 0.0  # ... but only the first one is live, so the first step does not pick K copies
-    state = _State()
+    state = _State(max_length=max_len)
     improvable = True
     for cur_len in range(T0, max_len):
         mask = torch.ones_like(beams)

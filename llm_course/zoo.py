@@ -620,7 +620,12 @@ def load_pretrained(
 def _load_hf_model(source: str, kind: str, shown: str, local: bool) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
+    from transformers.utils import logging as hf_logging
+
     auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForMaskedLM
+    quiet = local and hf_logging.is_progress_bar_enabled()  # a local file loads in milliseconds: no progress bar
+    if quiet:
+        hf_logging.disable_progress_bar()
     try:
         return auto.from_pretrained(source, dtype=torch.float32, use_safetensors=True, local_files_only=local)
     except OSError as e:  # no network, no such repository, no safetensors file on the Hub
@@ -630,6 +635,9 @@ def _load_hf_model(source: str, kind: str, shown: str, local: bool) -> nn.Module
                          f"{', '.join(shipped_names()) or 'none'}") from e
     except ValueError as e:  # e.g. a masked-LM config asked for as a causal LM
         raise ValueError(f"could not load {shown!r} as a {kind} model ({e}); check kind=") from e
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
 
 
 def _hub_file(repo_id: str, filename: str) -> Path:

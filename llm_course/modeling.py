@@ -75,6 +75,14 @@ NameMap = list[tuple[str, tuple[str, ...], bool]]
 
 def state_to_hf(state: dict[str, torch.Tensor], names: NameMap) -> dict[str, torch.Tensor]:
     """Rename (and split / transpose) our tensors into a transformers state dict. Chapter 02."""
+    missing = [ours for ours, _, _ in names if ours not in state]
+    if missing:
+        extra = sorted(set(state) - {ours for ours, _, _ in names})[:3]
+        raise ValueError(
+            f"the model's weights do not have the plain layout ({missing[0]!r} is missing; found e.g. {extra}): "
+            "wrapped layers (LoRA, adapters, quantized layers) must be merged or removed first, e.g. "
+            "llm_course.lora.remove_lora(model) or llm_course.adapters.remove_adapters(model)"
+        )
     out = {}
     for ours, theirs, transpose in names:
         t = state[ours].t() if transpose else state[ours]

@@ -8,14 +8,17 @@ Modules mirror the chapters (each function's docstring names the chapter that in
 * 03 — :mod:`llm_course.attention`, :mod:`llm_course.widgets`
 * 04 — :mod:`llm_course.objectives` (causal LM and MLM data), :mod:`llm_course.training` (the loop),
   :mod:`llm_course.pretraining` (the notebook's recipe), :mod:`llm_course.zoo` (shipped checkpoints)
-* 07 — :mod:`llm_course.generation` (decoding), :mod:`llm_course.sampling_explorer`,
-  :mod:`llm_course.quantization` (int8, NF4), :mod:`llm_course.onnx_export`
+* 05 — :mod:`llm_course.finetuning` (Trainer, the cost harness), :mod:`llm_course.instruct` (instruction tuning)
+* 06 — :mod:`llm_course.lora` (LoRA, QLoRA), :mod:`llm_course.adapters`
+* 07 — :mod:`llm_course.generation` (decoding), :mod:`llm_course.static_cache` (the lean decode loop),
+  :mod:`llm_course.sampling_explorer`, :mod:`llm_course.quantization` (int8, NF4), :mod:`llm_course.onnx_export`
 
 Import what you need from its module (``from llm_course.tokenizer import ByteLevelBPETokenizer``);
 this package imports nothing heavy on its own.
 """
 
 import logging
+import warnings
 
 __version__ = "0.1.0"
 
@@ -24,3 +27,5 @@ __version__ = "0.1.0"
 # notices. Neither means anything is wrong; keep them out of students' notebooks.
 logging.getLogger("torchao").setLevel(logging.ERROR)
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+# peft (chapter 06) still calls transformers' old ``is_gradient_checkpointing``; the warning is for peft.
+warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -59,6 +59,7 @@ __all__ = [
     "unmerge_lora",
     "remove_lora",
     "lora_state_dict",
+    "copy_lora_from_peft",
     "count_parameters",
     "print_trainable_parameters",
     "apply_qlora",
@@ -400,6 +401,45 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     layers = _lora_layers(model, "lora_state_dict")
     return {f"{name}.{part}.weight": getattr(layer, part).weight.detach().clone()
             for name, layer in layers.items() for part in ("lora_A", "lora_B")}
+
+
+# the course GPT's layer names -> GPT-2's (``GPT.to_hf``): where a peft adapter of the twin sits
+_GPT2_NAMES = (("attn.qkv_proj", "attn.c_attn"), ("attn.out_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"),
+               ("mlp.down_proj", "mlp.c_proj"))
+
+
+def copy_lora_from_peft(model: nn.Module, peft_model: nn.Module, adapter: str = "default") -> int:
+    """Copy a peft model's LoRA matrices into ``model``'s ``LoRALinear`` layers; returns how many. Chapter 06.
+
+    ``model``: the same architecture as peft's base model, or a course ``GPT`` whose GPT-2 twin
+    (``model.to_hf()``) peft adapted (``h.0.attn.qkv_proj`` <- ``transformer.h.0.attn.c_attn``). peft's
+    ``lora_A`` (r, in) and ``lora_B`` (out, r) are ``nn.Linear`` weights in both libraries, also on a
+    ``Conv1D`` base (peft's ``fan_in_fan_out`` transposes only the base weight), so they copy unchanged.
+    """
+    layers = _lora_layers(model, "copy_lora_from_peft")
+    inner = peft_model.base_model.model if hasattr(peft_model, "base_model") else peft_model
+    names = dict(inner.named_modules())
+    copied = 0
+    for name, layer in layers.items():
+        candidates = [name]
+        if name.startswith("h."):  # a course GPT next to its GPT-2 twin
+            twin = name
+            for ours, theirs in _GPT2_NAMES:
+                twin = twin.replace(ours, theirs)
+            candidates.append("transformer." + twin)
+        theirs = next((names[c] for c in candidates if c in names), None)
+        if theirs is None or not hasattr(theirs, "lora_A") or adapter not in theirs.lora_A:
+            raise ValueError(f"peft model has no LoRA adapter {adapter!r} at {' or '.join(candidates)}: apply LoRA "
+                             "to the same target modules in both (see default_target_modules)")
+        A, B = theirs.lora_A[adapter].weight, theirs.lora_B[adapter].weight
+        if A.shape != layer.lora_A.weight.shape or B.shape != layer.lora_B.weight.shape:
+            raise ValueError(f"{name}: peft's A {tuple(A.shape)} / B {tuple(B.shape)} do not match ours "
+                             f"{tuple(layer.lora_A.weight.shape)} / {tuple(layer.lora_B.weight.shape)}: use the same r")
+        with torch.no_grad():
+            layer.lora_A.weight.copy_(A)
+            layer.lora_B.weight.copy_(B)
+        copied += 1
+    return copied
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from transformers.pytorch_utils import Conv1D  # noqa: E402
 
 from llm_course.data import MissingDependencyError  # noqa: E402
 from llm_course.gpt import GPT, GPTConfig  # noqa: E402
-from llm_course.lora import (  # noqa: E402
+from llm_course.lora import (
+    copy_lora_from_peft,  # noqa: E402
     LoRALinear,
     apply_lora,
     apply_qlora,
@@ -548,3 +549,20 @@ def test_manual_targets_on_gpt2_and_other_errors(gpt, gpt2):
         bitsandbytes_qlora("gpt2", compute_dtype="bf16")
     with pytest.raises(ValueError, match="dropout"):
         bitsandbytes_qlora("gpt2", dropout=2)
+
+
+def test_copy_lora_from_peft_maps_the_course_names_onto_the_gpt2_twin(gpt, ids):
+    """The library's copy (used by notebook 06) gives the same logits as peft on the twin."""
+    theirs = _peft_model(gpt.to_hf().eval(), "c_attn", r=4, alpha=8)
+    other = copy.deepcopy(gpt)
+    apply_lora(gpt, ["qkv_proj"], r=4, alpha=8)
+    assert copy_lora_from_peft(gpt, theirs) == CONFIG.n_layer
+    torch.testing.assert_close(_logits(gpt, ids), _logits(theirs, ids), atol=1e-5, rtol=0)
+    apply_lora(other, ["out_proj"], r=4, alpha=8)  # adapted elsewhere than peft's model
+    with pytest.raises(ValueError, match="no LoRA adapter"):
+        copy_lora_from_peft(other, theirs)
+    small = copy.deepcopy(gpt)
+    remove_lora(small, merge=False)
+    apply_lora(small, ["qkv_proj"], r=2, alpha=8)
+    with pytest.raises(ValueError, match="same r"):
+        copy_lora_from_peft(small, theirs)

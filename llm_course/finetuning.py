@@ -51,6 +51,7 @@ Notebook use::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -59,7 +60,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -280,7 +281,8 @@ def trainer_finetune(
     with ``torch.save`` and reads back with ``torch.load(weights_only=True)`` (pass
     ``save_only_model=True`` to keep only the model). A tied head (GPT-2's ``lm_head`` is the token
     embedding) is stored once, so loading the best checkpoint logs "missing keys ... lm_head.weight":
-    harmless, the head is the embedding it was tied to. Returns ``(trainer, train_output)``;
+    harmless, the head is the embedding it was tied to (that notice and transformers' other
+    informational warnings are hidden while it runs; errors still show). Returns ``(trainer, train_output)``;
     ``trainer.state.best_metric`` / ``best_model_checkpoint`` name the model that was kept.
     """
     from transformers import EarlyStoppingCallback, PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
@@ -334,19 +336,39 @@ def trainer_finetune(
     )
     settings.update(training_args)
     callbacks = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience is not None else []
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(**settings),
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        data_collator=data_collator,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    with _benign_notices_hidden():
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**settings),
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            data_collator=data_collator,
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
     if disable_tqdm:
         trainer.remove_callback(PrinterCallback)  # no progress bar and no printed dicts either
-    result = trainer.train()
+    with _benign_notices_hidden():
+        result = trainer.train()
     return trainer, result
+
+
+@contextlib.contextmanager
+def _benign_notices_hidden() -> Iterator[None]:
+    """Hide transformers' informational warnings while the Trainer runs (errors still show).
+
+    On a GPT-2-style model they are all benign: the pad token set on the tokenizer is copied into the
+    config ("new PAD/BOS/EOS tokens"), ``loss_type=None`` means the default causal-LM loss, and the tied
+    ``lm_head`` is stored once, so reloading the best checkpoint reports it "missing".
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def trainer_history(trainer: Trainer) -> dict[str, list[tuple[int, float]]]:

@@ -109,10 +109,17 @@ def test_checkpoints_are_safetensors_and_the_best_is_loaded(trained):
 def test_early_stopping_keeps_the_best_model(tokenizer, tmp_path):
     """Train on one stream, evaluate on a stream with disjoint tokens: the held-out loss only rises, so
     patience=1 stops at the second evaluation, and the model that comes back is the first one."""
+    from transformers.utils import logging as hf_logging
+
     model = tiny_gpt2(len(tokenizer))
-    trainer, result = trainer_finetune(model, tokenizer, cycle_examples(10, 32), cycle_examples(3000, 8), tmp_path,
-                                       max_steps=60, lr=1e-2, batch_size=8, eval_steps=3, patience=1,
-                                       disable_tqdm=True)
+    hf_logging.set_verbosity_info()
+    try:
+        trainer, result = trainer_finetune(model, tokenizer, cycle_examples(10, 32), cycle_examples(3000, 8),
+                                           tmp_path, max_steps=60, lr=1e-2, batch_size=8, eval_steps=3, patience=1,
+                                           disable_tqdm=True)
+        assert hf_logging.get_verbosity() == hf_logging.INFO  # the notices were hidden only while it ran
+    finally:
+        hf_logging.set_verbosity_warning()
     evals = trainer_history(trainer)["eval"]
     assert result.global_step < 60  # stopped early
     assert [step for step, _ in evals] == [3, 6]

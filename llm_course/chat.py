@@ -54,7 +54,7 @@ import torch
 import torch.nn as nn
 
 from .generation import GenerationConfig, _encode_plain, context_length, generate
-from .instruct import ROLE_NAMES, eos_token_id, format_chat
+from .instruct import ROLE_NAMES, check_messages, eos_token_id, format_chat
 
 __all__ = [
     "ROLE_MARKERS",
@@ -98,22 +98,6 @@ def neutralize_markers(text: str) -> str:
     return "".join(out)
 
 
-def _check_messages(messages: Any) -> list[dict[str, str]]:
-    """``messages`` as a list of {"role", "content"} dicts, or a clear error."""
-    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
-        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    if not messages:
-        raise ValueError("messages is empty: give at least one {'role': 'user', 'content': ...} message")
-    checked = []
-    for m in messages:
-        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
-            raise ValueError(f"each message must be a dict with a 'role' and a string 'content', got {m!r}")
-        if m.get("role") not in ROLE_NAMES:
-            raise ValueError(f"unknown role {m.get('role')!r}; use one of {', '.join(ROLE_NAMES)}")
-        checked.append({"role": m["role"], "content": m["content"]})
-    return checked
-
-
 def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
     """``instruct.format_chat`` of the messages with their content neutralized. Chapter 08 (applications).
 
@@ -121,7 +105,7 @@ def render_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
     ``format_chat`` answers in turn), but no message can contain a line that looks like a role marker
     (``neutralize_markers``).
     """
-    safe = [{"role": m["role"], "content": neutralize_markers(m["content"])} for m in _check_messages(messages)]
+    safe = [{"role": m["role"], "content": neutralize_markers(m["content"])} for m in check_messages(messages)]
     return format_chat(safe, add_generation_prompt=add_generation_prompt)
 
 
@@ -156,7 +140,7 @@ def build_prompt_ids(
     system prompt plus the newest user message alone are longer than ``max_tokens``, a ValueError says
     how long they are.
     """
-    messages = _check_messages(messages)
+    messages = check_messages(messages)
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
     if messages[-1]["role"] != "user":

@@ -74,6 +74,7 @@ __all__ = [
     "make_instructions",
     "format_prompt",
     "format_chat",
+    "check_messages",
     "CHAT_TEMPLATE",
     "eos_token_id",
     "encode_instruction",
@@ -360,6 +361,22 @@ def format_prompt(example: Instruction) -> str:
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    """``messages`` as a list of ``{"role", "content"}`` dicts, or a clear error. Chapter 05 (fine-tuning)."""
+    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    if not messages:
+        raise ValueError("messages is empty: give at least one {'role': 'user', 'content': ...} message")
+    checked = []
+    for m in messages:
+        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
+            raise ValueError(f"each message must be a dict with a 'role' and a string 'content', got {m!r}")
+        if m.get("role") not in ROLE_NAMES:
+            raise ValueError(f"unknown role {m.get('role')!r}; use one of {', '.join(ROLE_NAMES)}")
+        checked.append({"role": m["role"], "content": m["content"]})
+    return checked
+
+
 def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
     """A conversation as plain text with role markers. Chapter 05 (fine-tuning).
 
@@ -369,17 +386,7 @@ def format_chat(messages: Sequence[Mapping[str, str]], add_generation_prompt: bo
     so the whole prompt can be encoded with ``allowed_special="none"``; the end of an answer is the
     end-of-text *id* that ``encode_instruction`` appends. ``CHAT_TEMPLATE`` renders the same text.
     """
-    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
-        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
-    if not messages:
-        raise ValueError("messages is empty: give at least one {'role': 'user', 'content': ...} message")
-    parts = []
-    for m in messages:
-        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str):
-            raise ValueError(f"each message must be a dict with a 'role' and a string 'content', got {m!r}")
-        if m.get("role") not in ROLE_NAMES:
-            raise ValueError(f"unknown role {m.get('role')!r}; use one of {', '.join(ROLE_NAMES)}")
-        parts.append(f"### {ROLE_NAMES[m['role']]}:\n{m['content']}\n\n")
+    parts = [f"### {ROLE_NAMES[m['role']]}:\n{m['content']}\n\n" for m in check_messages(messages)]
     if add_generation_prompt:
         parts.append("### Assistant:\n")
     return "".join(parts)

@@ -397,6 +397,7 @@ def _attempt(manual: str, action: Callable[[], Any], why: str, fix: str) -> dict
     return {"manual": manual, "error": error, "why": why, "fix": fix}
 
 
+@_benign_notices_hidden()  # the lesson is in the exceptions; transformers' informational notices are noise here
 def demonstrate_manual_errors(tokenizer: Any = None) -> list[dict[str, str | None]]:
     """Run the manual's chapter-5 ``Trainer`` code against the installed transformers. Chapter 05.
 

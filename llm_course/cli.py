@@ -164,23 +164,30 @@ def _zoo(args: argparse.Namespace) -> None:
         for row in zoo.list_checkpoints():
             if row["shipped"]:
                 bpc = row.get("val_bits_per_char")
-                score = f"val loss {row['val_loss']:.4f}" + (f", {bpc:.3f} bits/char" if bpc else "")
+                if row.get("val_loss") is not None:
+                    score = f"val loss {row['val_loss']:.4f}" + (f", {bpc:.3f} bits/char" if bpc else "")
+                else:
+                    score = f"held-out loss {row['held_out_loss']:.4f}"
                 state = f"shipped, {row['parameters']:,} parameters, {row['size_mb']} MB, {score}"
             else:
                 state = f"not shipped (llm-course zoo train {row['name']})"
-            print(f"{row['name']:<12} {row['kind']:<10} {state}")
-            print(f"{'':<12} {row['description']}")
+            print(f"{row['name']:<16} {row['kind']:<10} {state}")
+            print(f"{'':<16} {row['description']}")
     elif args.zoo_cmd == "train":
         out = zoo.train_checkpoint(args.name, args.out, overwrite=args.overwrite)
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        print(f"wrote {out}: validation {json.dumps({k: v for k, v in metrics['validation'].items() if k != 'what'})}")
+        score = metrics.get("validation") or metrics.get("held_out", {})
+        print(f"wrote {out}: {'validation' if 'validation' in metrics else 'held-out'} "
+              f"{json.dumps({k: v for k, v in score.items() if k != 'what'})}")
     elif args.zoo_cmd == "eval":
         r = zoo.evaluate_checkpoint(args.name)
-        print(f"{r['name']} ({r['kind']}): recorded val-slice loss {r['recorded']:.6f}, measured {r['measured']:.6f} "
+        what = "val-slice" if "validation" in r else "held-out"
+        print(f"{r['name']} ({r['kind']}): recorded {what} loss {r['recorded']:.6f}, measured {r['measured']:.6f} "
               f"(|diff| {r['abs_diff']:.2e})")
-        v = r["validation"]
-        bpc = f", {v['bits_per_char']:.4f} bits/char" if "bits_per_char" in v else ""
-        print(f"docs validation split on this machine: loss {v['loss']:.4f}{bpc}")
+        if "validation" in r:
+            v = r["validation"]
+            bpc = f", {v['bits_per_char']:.4f} bits/char" if "bits_per_char" in v else ""
+            print(f"docs validation split on this machine: loss {v['loss']:.4f}{bpc}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -83,6 +83,7 @@ __all__ = [
     "answer",
     "exact_match",
     "instruction_tune",
+    "tune_encoded",
 ]
 
 IGNORE_INDEX = -100  # labels with this value add nothing to the loss (F.cross_entropy's ignore_index)
@@ -691,13 +692,39 @@ def instruction_tune(
     The defaults are the course-gpt recipe measured in this module's docstring (300 steps of 16 at
     lr 6e-3: about 80 s on two CPU cores). A larger pretrained model wants a smaller ``lr`` (1e-4 to 1e-5).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer (optimizer updates), got {steps!r}")
     examples = _check_examples(train_examples)
     if max_length is None:
         max_length = getattr(getattr(model, "config", None), "n_positions", None) or 1024
-    eos = eos_token_id(tokenizer)
     encoded = [encode_instruction(tokenizer, ex, max_length, template) for ex in examples]
+    held_out = None
+    if eval_examples is not None:
+        held_out = [encode_instruction(tokenizer, ex, max_length, template) for ex in _check_examples(eval_examples)]
+    return tune_encoded(model, encoded, eos_token_id(tokenizer), steps, batch_size, lr, eval_encoded=held_out,
+                        callbacks=callbacks, seed=seed, **train_config)
+
+
+def tune_encoded(
+    model: nn.Module,
+    encoded: Sequence[Mapping[str, Sequence[int]]],
+    pad_token_id: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    *,
+    eval_encoded: Sequence[Mapping[str, Sequence[int]]] | None = None,
+    callbacks: Sequence[Callable[[dict, TrainResult], bool | None]] | None = None,
+    seed: int = 0,
+    **train_config: Any,
+) -> TrainResult:
+    """Fine-tune on already encoded examples (``input_ids`` / ``labels`` lists). Chapter 05 (fine-tuning).
+
+    The loop behind ``instruction_tune`` and ``chat.chat_tune``: ``steps`` AdamW updates on shuffled,
+    right-padded batches (padding id ``pad_token_id``, label -100), 10% warmup, cosine decay to
+    ``lr / 10``, no weight decay. ``eval_encoded``: held-out examples whose response loss is measured
+    every ``eval_interval`` steps (default: once, at the end).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (optimizer updates), got {steps!r}")
     options: dict[str, Any] = {
         "max_steps": steps, "lr": lr, "min_lr": lr / 10, "warmup_steps": max(1, steps // 10),
         "weight_decay": 0.0, "eval_interval": steps, "eval_steps": 1, "seed": seed, "log_interval": 0,
@@ -705,11 +732,12 @@ def instruction_tune(
     }
     options.update(train_config)
     evaluate = None
-    if eval_examples is not None:
-        held_out = [encode_instruction(tokenizer, ex, max_length, template) for ex in _check_examples(eval_examples)]
-        collate = InstructionCollator(eos)
-        eval_batches = [collate(held_out[i : i + batch_size]) for i in range(0, len(held_out), batch_size)]
+    if eval_encoded is not None:
+        collate = InstructionCollator(pad_token_id)
+        eval_batches = [collate(eval_encoded[i : i + batch_size]) for i in range(0, len(eval_encoded), batch_size)]
+        if not eval_batches:
+            raise ValueError("eval examples are empty; pass None for no evaluation")
         options["eval_steps"] = train_config.get("eval_steps", len(eval_batches))  # all of them by default
         evaluate = lambda i: eval_batches[i % len(eval_batches)]  # noqa: E731
-    return train(model, batches(encoded, batch_size, seed=seed, pad_token_id=eos), TrainConfig(**options),
+    return train(model, batches(encoded, batch_size, seed=seed, pad_token_id=pad_token_id), TrainConfig(**options),
                  evaluate=evaluate, callbacks=callbacks)

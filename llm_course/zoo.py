@@ -54,6 +54,8 @@ from .training import TrainConfig, estimate_loss, train
 
 __all__ = [
     "ZooRecipe",
+    "TunedRecipe",
+    "TASKS",
     "ZOO",
     "KINDS",
     "CHECKPOINTS_DIR",
@@ -68,7 +70,8 @@ __all__ = [
     "mlm_eval_batches",
 ]
 
-KINDS = ("causal-lm", "masked-lm")
+PRETRAIN_KINDS = ("causal-lm", "masked-lm")  # what ZooRecipe pretrains
+KINDS = PRETRAIN_KINDS + ("seq2seq-lm",)  # what the zoo can hold (a TunedRecipe may make a T5)
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"  # the shipped folders live here
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 GREEDY_PROMPT = "The function returns"  # the prompt of the greedy sample recorded in metrics.json
@@ -122,8 +125,8 @@ class ZooRecipe:
     save_dtype: str = "float16"
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"ZooRecipe.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind not in PRETRAIN_KINDS:
+            raise ValueError(f"ZooRecipe.kind must be one of {PRETRAIN_KINDS}, got {self.kind!r}")
         if self.save_dtype not in ("float16", "float32"):
             raise ValueError(f"ZooRecipe.save_dtype must be 'float16' or 'float32', got {self.save_dtype!r}")
         for name in ("max_train_chars", "max_val_chars"):
@@ -165,8 +168,58 @@ class ZooRecipe:
         return dataclasses.replace(self, **changes)
 
 
+# The modules that make a TunedRecipe's checkpoint: each has ``tune(recipe, progress)`` and ``measure(...)``.
+TASKS = {"chat": "llm_course.chat", "summarization": "llm_course.summarization"}
+
+
+@dataclass(frozen=True)
+class TunedRecipe:
+    """How a fine-tuned zoo checkpoint is made: one application, trained from a base. Chapter 08 (applications).
+
+    ``task``: "chat" (``llm_course.chat``: ``base`` tuned on the chatterbot dialogs in the chat format)
+    or "summarization" (``llm_course.summarization``: a T5 trained on docs entries -> summary lines,
+    with ``base``'s tokenizer). ``steps`` AdamW updates of ``batch_size`` examples at peak ``lr``;
+    ``options``: the task's own settings (see the task module's ``tune``). ``eval_examples``: how many
+    held-out examples metrics.json scores (``zoo eval`` re-scores them). ``threads``: torch CPU threads.
+    """
+
+    name: str
+    kind: str
+    task: str
+    description: str
+    base: str = "course-gpt"
+    steps: int = 800
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+    threads: int | None = 2
+    eval_examples: int = 64
+    save_dtype: str = "float16"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"TunedRecipe.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"TunedRecipe.task must be one of {tuple(TASKS)}, got {self.task!r}")
+        if self.save_dtype not in ("float16", "float32"):
+            raise ValueError(f"TunedRecipe.save_dtype must be 'float16' or 'float32', got {self.save_dtype!r}")
+        for name in ("steps", "batch_size", "eval_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TunedRecipe.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"TunedRecipe.lr must be positive, got {self.lr!r}")
+
+    def replace(self, **changes: Any) -> TunedRecipe:
+        """A copy with some fields changed (``options`` entries too: ``replace(max_history=1)``)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        options = dict(self.options, **{k: v for k, v in changes.items() if k not in fields})
+        return dataclasses.replace(self, options=options, **{k: v for k, v in changes.items() if k in fields})
+
+
 # The shipped checkpoints: the chapter's recipes, run for ~30 minutes on two CPU cores each.
-ZOO: dict[str, ZooRecipe] = {
+ZOO: dict[str, ZooRecipe | TunedRecipe] = {
     "course-gpt": ZooRecipe(
         name="course-gpt", kind="causal-lm",
         description="small GPT-2-style causal LM: English technical prose (Python docs) and dialogs, "
@@ -180,6 +233,13 @@ ZOO: dict[str, ZooRecipe] = {
                     "[PAD] [CLS] [SEP] [MASK])",
         vocab_size=4096, n_layer=4, n_head=4, n_embd=128, block_size=64,
         batch_size=32, max_steps=2500, lr=1e-3, min_lr=1e-4, warmup_steps=250, eval_interval=250, threads=2,
+    ),
+    "course-gpt-chat": TunedRecipe(
+        name="course-gpt-chat", kind="causal-lm", task="chat",
+        description="course-gpt tuned to chat: the chatterbot dialogs (English and Russian) in chapter 05's chat "
+                    "format, reply and end-of-text learned",
+        base="course-gpt", steps=150, batch_size=16, lr=1e-3, eval_examples=120,
+        options={"max_history": 2, "russian_repeats": 10, "max_tokens": 128},
     ),
 }
 
@@ -228,6 +288,7 @@ def list_checkpoints() -> list[dict[str, Any]]:
             row["size_mb"] = round(sum(f.stat().st_size for f in folder.iterdir()) / 1e6, 2)
             row["val_loss"] = metrics.get("validation", {}).get("loss")
             row["val_bits_per_char"] = metrics.get("validation", {}).get("bits_per_char")
+            row["held_out_loss"] = metrics.get("held_out", {}).get("loss")
         rows.append(row)
     return rows
 
@@ -383,7 +444,7 @@ def train_checkpoint(
     The same recipe on the same machine and thread count gives the same weights (seeded model,
     batches and masks); another CPU may differ in the last bits of float arithmetic.
     """
-    recipe = name if isinstance(name, ZooRecipe) else _check_zoo_name(name)
+    recipe = name if isinstance(name, (ZooRecipe, TunedRecipe)) else _check_zoo_name(name)
     if changes:
         recipe = recipe.replace(**changes)
     out = Path(out_dir) if out_dir is not None else Path("runs") / "zoo" / recipe.name
@@ -391,6 +452,8 @@ def train_checkpoint(
         raise FileExistsError(f"{out} already exists: pass overwrite=True (CLI: --overwrite) or another --out")
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
+    if isinstance(recipe, TunedRecipe):
+        return _train_tuned(recipe, out, progress, time_limit_s)
     t0 = time.perf_counter()
     data, data_description = prepare_zoo_data(recipe)
     tok = data.tokenizer
@@ -433,35 +496,50 @@ def train_checkpoint(
     metrics["train_loss_last_50"] = sum(result.losses[-50:]) / len(result.losses[-50:])
     metrics["evals"] = result.evals
 
+    hf = model.to_hf()
+    recipe_json = {
+        "name": recipe.name,
+        "recipe": dataclasses.asdict(recipe),
+        "model_class": type(model).__name__,
+        "model_config": dataclasses.asdict(config),
+        "hf_class": type(hf).__name__,
+        "parameters": model.num_parameters(),
+        "data": data_description,
+        "seed": recipe.seed,
+        "steps": result.step,
+        "tokens_seen": result.step * B * T,
+        "train_seconds": round(train_seconds, 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        **_provenance(recipe),
+    }
+    _write_checkpoint(out, hf, tok, recipe.kind, recipe.save_dtype, recipe_json, metrics)
+    return out
+
+
+def _provenance(recipe: ZooRecipe | TunedRecipe) -> dict[str, Any]:
+    """recipe.json's record of where and with what a checkpoint was made."""
+    return {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "tokenizers": _version("tokenizers"),
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "weights_dtype": recipe.save_dtype,
+        "command": f"llm-course zoo train {recipe.name}",
+    }
+
+
+def _write_checkpoint(out: Path, hf: nn.Module, tok: ByteLevelBPETokenizer, kind: str, save_dtype: str,
+                      recipe_json: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Write the HF files, recipe.json and metrics.json to a temporary folder, then move it to ``out``
+    (an interrupted run leaves nothing half-written)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        hf = model.to_hf()
-        hf.to(getattr(torch, recipe.save_dtype)).save_pretrained(tmp)
-        _save_hf_tokenizer(tok, tmp, recipe.kind)
-        recipe_json = {
-            "name": recipe.name,
-            "recipe": dataclasses.asdict(recipe),
-            "model_class": type(model).__name__,
-            "model_config": dataclasses.asdict(config),
-            "hf_class": type(hf).__name__,
-            "parameters": model.num_parameters(),
-            "data": data_description,
-            "seed": recipe.seed,
-            "steps": result.step,
-            "tokens_seen": result.step * B * T,
-            "train_seconds": round(train_seconds, 1),
-            "wall_seconds": round(time.perf_counter() - t0, 1),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": _version("transformers"),
-            "tokenizers": _version("tokenizers"),
-            "python": platform.python_version(),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "date": time.strftime("%Y-%m-%d", time.gmtime()),
-            "weights_dtype": recipe.save_dtype,
-            "command": f"llm-course zoo train {recipe.name}",
-        }
+        hf.to(getattr(torch, save_dtype)).save_pretrained(tmp)
+        _save_hf_tokenizer(tok, tmp, kind)
         _write_json(tmp / "recipe.json", recipe_json)
         _write_json(tmp / "metrics.json", metrics)
         for f in tmp.iterdir():  # mkdtemp makes a private folder: give the files ordinary permissions
@@ -473,6 +551,43 @@ def train_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _task_module(task: str) -> Any:
+    import importlib
+
+    return importlib.import_module(TASKS[task])
+
+
+def _train_tuned(recipe: TunedRecipe, out: Path, progress: bool, time_limit_s: float | None) -> Path:
+    """``train_checkpoint`` for a ``TunedRecipe``: the task module trains and measures, the zoo saves."""
+    module = _task_module(recipe.task)
+    t0 = time.perf_counter()
+    callbacks = [TimeBudget(time_limit_s)] if time_limit_s is not None else []
+    model, tok, info = module.tune(recipe, progress=progress, callbacks=callbacks)
+    if info["result"].stopped_early:
+        raise TimeoutError(f"training {recipe.name} stopped at step {info['result'].step} of {recipe.steps} "
+                           f"(time_limit_s={time_limit_s} or interrupted); nothing was written")
+    _round_weights(model, recipe.save_dtype)
+    model.eval()
+    metrics = {"parameters": model.num_parameters(), "weights_dtype": recipe.save_dtype,
+               **module.measure(model, tok, recipe), **info.get("metrics", {})}
+    hf = model.to_hf()
+    recipe_json = {
+        "name": recipe.name,
+        "recipe": dataclasses.asdict(recipe),
+        "model_class": type(model).__name__,
+        "model_config": dataclasses.asdict(model.config),
+        "hf_class": type(hf).__name__,
+        "parameters": model.num_parameters(),
+        "data": info["data"],
+        "seed": recipe.seed,
+        "steps": info["result"].step,
+        "train_seconds": round(info["train_seconds"], 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        **_provenance(recipe),
+    }
+    _write_checkpoint(out, hf, tok, recipe.kind, recipe.save_dtype, recipe_json, metrics)
     return out
 
 
@@ -545,6 +660,8 @@ def _check_folder(folder: Path) -> None:
 
 
 def _kind_of(config: dict[str, Any]) -> str:
+    if config.get("is_encoder_decoder") or config.get("model_type") == "t5":
+        return "seq2seq-lm"
     return "masked-lm" if config.get("model_type") == "bert" else "causal-lm"
 
 
@@ -560,9 +677,10 @@ def load_pretrained(
     local folder in Hugging Face format (config.json, model.safetensors, tokenizer.json), or a Hub id
     ("gpt2"), handed to transformers' ``from_pretrained`` when the machine is online; with
     ``HF_HUB_OFFLINE=1`` or no network that is a ``ValueError`` that lists the shipped names.
-    ``kind``: "causal-lm" or "masked-lm" (None: read from the checkpoint; "causal-lm" for a Hub id).
+    ``kind``: "causal-lm", "masked-lm" or "seq2seq-lm" (None: read from the checkpoint; "causal-lm" for
+    a Hub id).
 
-    ``as_course_model=True``: the course's own ``GPT`` / ``BERT`` (``GPT.from_hf(...)``) and its
+    ``as_course_model=True``: the course's own ``GPT`` / ``BERT`` / ``T5`` (``GPT.from_hf(...)``) and its
     ``ByteLevelBPETokenizer``; False: the transformers model (``GPT2LMHeadModel``, ``BertForMaskedLM``)
     and a transformers tokenizer (``PreTrainedTokenizerFast`` via ``AutoTokenizer``; course-bert's adds
     ``[CLS] ... [SEP]`` itself, the course tokenizer does not). Weights are loaded as float32 whatever the
@@ -602,7 +720,9 @@ def load_pretrained(
     from transformers import AutoTokenizer
 
     if as_course_model:
-        cls = GPT if kind == "causal-lm" else BERT
+        from .t5 import T5
+
+        cls = {"causal-lm": GPT, "masked-lm": BERT, "seq2seq-lm": T5}[kind]
         try:
             model = cls.from_hf(model)
         except TypeError as e:
@@ -618,11 +738,11 @@ def load_pretrained(
 
 
 def _load_hf_model(source: str, kind: str, shown: str, local: bool) -> nn.Module:
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
     from transformers.utils import logging as hf_logging
 
-    auto = AutoModelForCausalLM if kind == "causal-lm" else AutoModelForMaskedLM
+    auto = {"causal-lm": AutoModelForCausalLM, "masked-lm": AutoModelForMaskedLM,
+            "seq2seq-lm": AutoModelForSeq2SeqLM}[kind]
     quiet = local and hf_logging.is_progress_bar_enabled()  # a local file loads in milliseconds: no progress bar
     if quiet:
         hf_logging.disable_progress_bar()
@@ -663,10 +783,16 @@ def evaluate_checkpoint(name_or_path: str | os.PathLike) -> dict[str, Any]:
     folder = checkpoint_dir(text) if text in ZOO else Path(text)
     model, tok = load_pretrained(folder)
     metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
-    if not metrics or "val_slice" not in metrics:
+    if not metrics or not ("val_slice" in metrics or "held_out" in metrics):
         raise FileNotFoundError(f"{folder} has no metrics.json with a val_slice; was it made by train_checkpoint?")
     recipe = _read_json(folder / "recipe.json")["recipe"]
     kind = recipe["kind"]
+    if "task" in recipe:  # a TunedRecipe: re-score its held-out examples
+        tuned = TunedRecipe(**recipe)
+        recorded = metrics["held_out"]["loss"]
+        measured_loss = _task_module(tuned.task).held_out_loss(model, tok, tuned)
+        return {"name": text, "kind": kind, "recorded": recorded, "measured": measured_loss,
+                "abs_diff": abs(recorded - measured_loss), "held_out": metrics["held_out"]}
     sl = metrics["val_slice"]
     measured = slice_loss(model, tok, sl["text"], kind, recipe["block_size"], recipe["mlm_probability"])
     val_text = docs_corpus().val[: recipe.get("max_val_chars")]  # [:None] is all of it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -376,3 +378,122 @@ def test_transformers_model_and_tokenizer_reply_like_the_course_pair(shipped):
     assert hf.history == course.history and len(hf.history) == 4
     ids, _ = build_prompt_ids(hf_tok, hf.messages("x <|endoftext|>"), None)
     assert hf_tok.eos_token_id not in ids
+
+
+# ----------------------------------------------------------------------------------------
+# Teaching a model to chat: data, encoding, tuning, the shipped course-gpt-chat
+# ----------------------------------------------------------------------------------------
+
+from llm_course import zoo  # noqa: E402
+from llm_course.chat import (  # noqa: E402
+    SYSTEM_PROMPTS,
+    chat_conversations,
+    chat_tune,
+    encode_chat,
+    held_out_loss,
+)
+from llm_course.instruct import IGNORE_INDEX, eos_token_id  # noqa: E402
+
+
+def test_chat_conversations_shape_split_and_history():
+    train, test = chat_conversations("train"), chat_conversations("test")
+    assert len(train) > 1000 and 50 < len(test) < 300
+    for conv in train[:400] + test:
+        turns = [m for m in conv if m["role"] != "system"]
+        assert turns[-1]["role"] == "assistant" and turns[-2]["role"] == "user"
+        roles = [m["role"] for m in turns[:-1]]
+        assert all(a != b for a, b in zip(roles, roles[1:]))  # history alternates
+        assert len(turns) - 1 <= 3  # max_history
+        if conv[0]["role"] == "system":
+            assert conv[0]["content"] in SYSTEM_PROMPTS
+    with_system = sum(c[0]["role"] == "system" for c in train) / len(train)
+    assert 0.4 < with_system < 0.6
+    # the held-out replies never appear as training examples with the same history
+    key = lambda c: tuple((m["role"], m["content"]) for m in c if m["role"] != "system")  # noqa: E731
+    assert not {key(c) for c in test} & {key(c) for c in train}
+    assert not any("а" <= ch <= "я" for c in test for m in c if m["role"] != "system" for ch in m["content"])
+    assert chat_conversations("train") == train  # deterministic
+    short = chat_conversations("train", max_history=1)
+    assert all(len([m for m in c if m["role"] != "system"]) == 2 for c in short)
+    with pytest.raises(ValueError, match="split"):
+        chat_conversations("validation")
+    with pytest.raises(ValueError, match="max_history"):
+        chat_conversations("train", max_history=0)
+
+
+def test_encode_chat_uses_the_bots_prompt_and_learns_reply_and_eos(tok):
+    conv = [{"role": "system", "content": "Ты вежливый помощник."}, {"role": "user", "content": "Привет! Как дела?"},
+            {"role": "assistant", "content": "Хорошо, а у тебя?"}]
+    enc = encode_chat(tok, conv, 384)
+    prompt_ids, _ = build_prompt_ids(tok, conv[:-1], None)  # exactly what ChatBot feeds the model
+    n = len(prompt_ids)
+    assert enc["input_ids"][:n] == prompt_ids
+    assert enc["labels"][:n] == [IGNORE_INDEX] * n
+    assert enc["labels"][n:] == enc["input_ids"][n:]
+    assert tok.decode(enc["input_ids"][n:-1]) == "Хорошо, а у тебя?"
+    assert enc["input_ids"][-1] == eos_token_id(tok)
+    with pytest.raises(ValueError, match="assistant"):
+        encode_chat(tok, conv[:-1], 384)
+    with pytest.raises(ValueError, match="max_length"):
+        encode_chat(tok, conv, 10)
+
+
+def test_chat_tune_lowers_held_out_loss_on_a_tiny_model(tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=1, n_head=2))
+    recipe = zoo.ZOO["course-gpt-chat"].replace(eval_examples=16, max_history=1)
+    before = held_out_loss(model, tok, recipe)
+    train = chat_conversations("train", max_history=1)[:64]
+    result = chat_tune(model, tok, train, steps=30, batch_size=8, lr=1e-2, progress=False)
+    after = held_out_loss(model, tok, recipe)
+    assert result.step == 30 and after < before - 1.0, (before, after)
+
+
+def test_tuned_recipe_is_validated():
+    recipe = zoo.ZOO["course-gpt-chat"]
+    with pytest.raises(ValueError, match="task"):
+        recipe.replace(task="translation")
+    with pytest.raises(ValueError, match="steps"):
+        recipe.replace(steps=0)
+    with pytest.raises(ValueError, match="unknown chat recipe options"):
+        zoo.train_checkpoint(recipe.replace(max_histroy=2), "/nonexistent/never-written", progress=False)
+
+
+def test_train_checkpoint_makes_a_chat_checkpoint_that_reloads_and_rescores(tmp_path):
+    out = zoo.train_checkpoint("course-gpt-chat", tmp_path / "chat", progress=False, steps=2, batch_size=2,
+                               eval_examples=4, threads=None)
+    recipe = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert recipe["steps"] == 2 and recipe["recipe"]["task"] == "chat" and recipe["hf_class"] == "GPT2LMHeadModel"
+    assert {"held_out", "held_out_before", "greedy_replies"} <= set(metrics)
+    model, tokenizer = zoo.load_pretrained(out)
+    r = zoo.evaluate_checkpoint(out)
+    assert r["abs_diff"] < 1e-4, r
+    bot = ChatBot(model, tokenizer, max_new_tokens=40)
+    assert bot.reply("Привет! Как дела?") == metrics["greedy_replies"][0]["reply"]
+
+
+def _shipped_chat():
+    folder = zoo.CHECKPOINTS_DIR / "course-gpt-chat"
+    if not (folder / "config.json").is_file():
+        pytest.skip("course-gpt-chat is not shipped: llm-course zoo train course-gpt-chat --out " + str(folder))
+    return folder
+
+
+def test_shipped_chat_model_learned_to_reply_and_reproduces_its_metrics():
+    folder = _shipped_chat()
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    recipe = json.loads((folder / "recipe.json").read_text(encoding="utf-8"))
+    assert recipe["recipe"] == dataclasses.asdict(zoo.ZOO["course-gpt-chat"])
+    assert recipe["steps"] == zoo.ZOO["course-gpt-chat"].steps
+    # tuning lowered the held-out reply loss of the untuned course-gpt by more than 15% (4.89 -> 3.86 nats)
+    assert metrics["held_out"]["loss"] < 0.85 * metrics["held_out_before"]["loss"], metrics
+    r = zoo.evaluate_checkpoint("course-gpt-chat")
+    assert r["abs_diff"] < 1e-4
+    model, tokenizer = zoo.load_pretrained("course-gpt-chat")
+    for sample in metrics["greedy_replies"]:
+        bot = ChatBot(model, tokenizer, system_prompt=sample["system"], max_new_tokens=40)
+        assert bot.reply(sample["message"]) == sample["reply"]
+    privet = metrics["greedy_replies"][0]
+    assert privet["message"] == "Привет! Как дела?" and privet["reply"]
+    assert sum("а" <= ch.lower() <= "я" for ch in privet["reply"]) >= 3  # answers in Russian

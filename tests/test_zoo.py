@@ -76,9 +76,13 @@ def _read(folder: Path, name: str) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def test_registry_has_the_two_recipes():
-    assert set(zoo.ZOO) == {"course-gpt", "course-bert"}
+def test_registry_has_the_pretrained_and_tuned_recipes():
+    assert {"course-gpt", "course-bert", "course-gpt-chat"} <= set(zoo.ZOO)
     assert zoo.ZOO["course-gpt"].kind == "causal-lm" and zoo.ZOO["course-bert"].kind == "masked-lm"
+    assert isinstance(zoo.ZOO["course-gpt-chat"], zoo.TunedRecipe) and zoo.ZOO["course-gpt-chat"].base == "course-gpt"
+    for recipe in zoo.ZOO.values():
+        if isinstance(recipe, zoo.TunedRecipe):
+            assert recipe.base in zoo.ZOO and isinstance(zoo.ZOO[recipe.base], zoo.ZooRecipe)
     assert set(zoo.shipped_names()) <= set(zoo.ZOO)
     with pytest.raises(ValueError, match="kind"):
         zoo.ZooRecipe(name="x", kind="seq2seq", description="")
@@ -415,3 +419,27 @@ def test_cli_zoo_eval_rescoring_matches(tiny_dir):
     from llm_course import cli
 
     assert cli.main(["zoo", "eval", str(tiny_dir)]) == 0
+
+
+def test_a_t5_folder_loads_as_the_course_t5_and_as_transformers(gpt, tmp_path):
+    """Tuned checkpoints can be sequence-to-sequence (course-t5-sum): the loader reads model_type t5."""
+    from llm_course.t5 import T5, T5Config
+
+    _, tok = gpt
+    torch.manual_seed(0)
+    model = T5(T5Config(vocab_size=tok.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                        pad_token_id=0, eos_token_id=0, decoder_start_token_id=0)).eval()
+    model.to_hf().save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    course, course_tok = zoo.load_pretrained(tmp_path)
+    hf, _ = zoo.load_pretrained(tmp_path, as_course_model=False)
+    assert isinstance(course, T5) and type(hf).__name__ == "T5ForConditionalGeneration"
+    src = torch.tensor([course_tok.encode("Return the sum of the arguments.")])
+    labels = torch.tensor([course_tok.encode("Add numbers.")])
+    with torch.no_grad():
+        a = course(input_ids=src, labels=labels)
+        b = hf(input_ids=src, labels=labels)
+        c = model(input_ids=src, labels=labels)
+    assert torch.allclose(a.logits, c.logits, atol=1e-6) and torch.allclose(a.logits, b.logits, atol=1e-5)
+    with pytest.raises(ValueError, match="seq2seq|causal"):
+        zoo.load_pretrained(tmp_path, kind="causal-lm")

@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from .utils import quiet_loading
 
 __all__ = ["BigramLM", "GPTShape", "GPT_SHAPES", "gpt_param_count", "gpt_param_breakdown",
            "SentenceEncoder", "zero_shot_classify", "few_shot_classify", "nearest_centroid", "tokens_html"]
@@ -173,7 +176,8 @@ class SentenceEncoder:
         self.path = path
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+        with quiet_loading(Path(path).is_dir()):
+            self.model = AutoModel.from_pretrained(path).to(self.device).eval()
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -6,8 +6,10 @@ before anything random happens; with the same seed a CPU run is bitwise reproduc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -15,6 +17,25 @@ import torch
 __all__ = ["get_device", "seed_everything", "describe_device"]
 
 _VALID_DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@contextlib.contextmanager
+def quiet_loading(local: bool = True) -> Iterator[None]:
+    """Hide transformers' "Loading weights" progress bar while loading local files. Chapter 04.
+
+    A local checkpoint loads in milliseconds: the bar is noise in a notebook. ``local=False`` (a Hub
+    download) keeps it, since there it shows real progress.
+    """
+    from transformers.utils import logging as hf_logging
+
+    quiet = local and hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet:
+            hf_logging.enable_progress_bar()
 
 
 def get_device(preference: str | torch.device | None = "auto") -> torch.device:

@@ -51,6 +51,7 @@ from .objectives import mask_tokens, random_blocks, sequential_blocks
 from .pretraining import BERT_SPECIALS, EOT, TimeBudget, TokenizedCorpus, generate, prepare_docs_tokens
 from .tokenizer import ByteLevelBPETokenizer
 from .training import TrainConfig, estimate_loss, train
+from .utils import quiet_loading
 
 __all__ = [
     "ZooRecipe",
@@ -739,15 +740,12 @@ def load_pretrained(
 
 def _load_hf_model(source: str, kind: str, shown: str, local: bool) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
-    from transformers.utils import logging as hf_logging
 
     auto = {"causal-lm": AutoModelForCausalLM, "masked-lm": AutoModelForMaskedLM,
             "seq2seq-lm": AutoModelForSeq2SeqLM}[kind]
-    quiet = local and hf_logging.is_progress_bar_enabled()  # a local file loads in milliseconds: no progress bar
-    if quiet:
-        hf_logging.disable_progress_bar()
     try:
-        return auto.from_pretrained(source, dtype=torch.float32, use_safetensors=True, local_files_only=local)
+        with quiet_loading(local):  # a local file loads in milliseconds: no progress bar
+            return auto.from_pretrained(source, dtype=torch.float32, use_safetensors=True, local_files_only=local)
     except OSError as e:  # no network, no such repository, no safetensors file on the Hub
         where = "" if local else (" from the Hugging Face Hub (is the machine offline? set HF_HUB_OFFLINE=1 to "
                                   "fail fast)")
@@ -755,9 +753,6 @@ def _load_hf_model(source: str, kind: str, shown: str, local: bool) -> nn.Module
                          f"{', '.join(shipped_names()) or 'none'}") from e
     except ValueError as e:  # e.g. a masked-LM config asked for as a causal LM
         raise ValueError(f"could not load {shown!r} as a {kind} model ({e}); check kind=") from e
-    finally:
-        if quiet:
-            hf_logging.enable_progress_bar()
 
 
 def _hub_file(repo_id: str, filename: str) -> Path:

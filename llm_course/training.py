@@ -665,11 +665,15 @@ class LossPlot:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/Inf loss or gradient; ``.step`` says when. Chapter 04 (pretraining)."""
+    """Training produced a NaN/Inf loss or gradient; ``.step`` says when. Chapter 04 (pretraining).
 
-    def __init__(self, message: str, step: int) -> None:
+    ``.result``: the ``TrainResult`` up to the step before (its history can still be plotted).
+    """
+
+    def __init__(self, message: str, step: int, result: TrainResult | None = None) -> None:
         super().__init__(message)
         self.step = step
+        self.result = result
 
 
 @dataclass
@@ -789,13 +793,13 @@ def train(
                 raise NonFiniteLossError(
                     f"the training loss is {loss_value} at step {step} (lr {lr:.3g}); the weights were not "
                     "updated. Lower the learning rate, use grad_clip, or look for bad data in this batch",
-                    step)
+                    step, result)
             # clip_grad_norm_ returns the total norm measured *before* clipping: the number worth logging
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             if not math.isfinite(grad_norm):
                 raise NonFiniteLossError(
                     f"the gradient norm is {grad_norm} at step {step} (loss {loss_value:.4f}); the weights "
-                    "were not updated. Lower the learning rate or look for overflow", step)
+                    "were not updated. Lower the learning rate or look for overflow", step, result)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 

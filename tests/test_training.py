@@ -450,6 +450,7 @@ def test_non_finite_loss_or_gradient_stops_with_the_step(tmp_path, kind, what):
         train(model, lambda i: {"input_ids": torch.ones(2, 3, dtype=torch.long)}, cfg,
               callbacks=[lambda r, res: weights.__setitem__(r["step"], model.w.item())])
     assert info.value.step == 3
+    assert [h["step"] for h in info.value.result.history] == [1, 2]  # what ran before, still plottable
     assert model.w.item() == weights[2]  # the bad step did not touch the weights
     assert load_checkpoint(tmp_path, Toy(0, kind), restore_rng=False).step == 2
 

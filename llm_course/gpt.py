@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .attention import FeedForward, KVCache, MultiHeadAttention, padding_mask
 from .modeling import NameMap, PretrainedMixin, check_attention_mask, check_input_ids, state_from_hf, state_to_hf
@@ -148,6 +149,9 @@ class GPT(PretrainedMixin, nn.Module):
     ``model(input_ids, attention_mask=None, labels=None, past_key_values=None, use_cache=False,
     output_attentions=False)`` -> ``CausalLMOutput``. Module names follow GPT-2 (wte, wpe, h, ln_f) so
     the conversion to and from ``GPT2LMHeadModel`` reads as a dictionary.
+
+    ``gradient_checkpointing_enable()`` (chapter 09) makes training keep only each block's input and
+    recompute the rest of the block during the backward pass: less activation memory, more compute.
     """
 
     config_class = GPTConfig
@@ -169,6 +173,7 @@ class GPT(PretrainedMixin, nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied: the output layer *is* the embedding matrix
+        self.gradient_checkpointing = False  # chapter 09: see gradient_checkpointing_enable
         self.apply(self._init_weights)
         # GPT-2's scaled init: each residual branch adds to the stream, so shrink their output layers
         for name, p in self.named_parameters():
@@ -233,7 +238,12 @@ class GPT(PretrainedMixin, nn.Module):
         presents, attentions = [], []
         for i, block in enumerate(self.h):
             past = past_key_values[i] if past_key_values is not None else None
-            x, weights, present = block(x, attn_mask, past, use_cache, output_attentions)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not use_cache:
+                # chapter 09: keep only x; re-run the block in the backward pass (same RNG, so same dropout)
+                x, weights, present = checkpoint(block, x, attn_mask, past, use_cache, output_attentions,
+                                                 use_reentrant=False)
+            else:
+                x, weights, present = block(x, attn_mask, past, use_cache, output_attentions)
             presents.append(present)
             attentions.append(weights)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
@@ -245,6 +255,25 @@ class GPT(PretrainedMixin, nn.Module):
             past_key_values=tuple(presents) if use_cache else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
+
+    # ---------------------------------------------------------------- gradient checkpointing (chapter 09)
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block in the backward pass instead of storing its activations. Chapter 09.
+
+        As ``transformers``' method of the same name, with ``use_reentrant=False``. It acts only while
+        training (``model.train()``, gradients on, ``use_cache=False``); eval and generation are unchanged.
+        """
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Store the activations again (the default). Chapter 09."""
+        self.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether ``gradient_checkpointing_enable`` is on. Chapter 09."""
+        return self.gradient_checkpointing
 
     # ---------------------------------------------------------------- transformers conversion
 

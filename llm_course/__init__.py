@@ -12,7 +12,10 @@ Modules mirror the chapters (each function's docstring names the chapter that in
 * 06 — :mod:`llm_course.lora` (LoRA, QLoRA), :mod:`llm_course.adapters`
 * 07 — :mod:`llm_course.generation` (decoding), :mod:`llm_course.static_cache` (the lean decode loop),
   :mod:`llm_course.sampling_explorer`, :mod:`llm_course.quantization` (int8, NF4), :mod:`llm_course.onnx_export`
-* 08 — :mod:`llm_course.chat` (the chat bot), :mod:`llm_course.classification` (likelihood scoring, LoRA on MiniLM)
+* 08 — :mod:`llm_course.chat` (the chat bot), :mod:`llm_course.classification` (likelihood scoring, LoRA on MiniLM),
+  :mod:`llm_course.summarization` (ROUGE, a T5 summarizer, TL;DR)
+* 09 — :mod:`llm_course.practices` (checkpointing, mixed precision), :mod:`llm_course.long_context`,
+  :mod:`llm_course.monitoring`, :mod:`llm_course.distributed` (DDP), :mod:`llm_course.hpsearch` (Ray Tune)
 
 Import what you need from its module (``from llm_course.tokenizer import ByteLevelBPETokenizer``);
 this package imports nothing heavy on its own.

@@ -527,6 +527,7 @@ def batches(
     batch_size: int,
     seed: int = 0,
     pad_token_id: int = 0,
+    collate: Callable[[list], dict[str, torch.Tensor]] | None = None,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
     """``get_batch(i)`` for ``training.train``: shuffled epochs of padded batches. Chapter 05 (fine-tuning).
 
@@ -534,7 +535,8 @@ def batches(
     batch i holds the examples at positions ``i * batch_size ... (i + 1) * batch_size - 1`` of that
     endless stream. It is a pure function of i, so a resumed run sees the same batches.
 
-    Each batch is ``InstructionCollator(pad_token_id)``'s output. (With padding on the right a causal
+    Each batch is ``collate``'s output, by default ``InstructionCollator(pad_token_id)`` (chapter 08's
+    summarizer passes its ``Seq2SeqCollator``). (With padding on the right a causal
     model would not even need the attention mask: a real token only attends to itself and earlier
     tokens, all real, and padding has label -100, so the loss is the same without it.)
     """
@@ -542,7 +544,8 @@ def batches(
         raise ValueError("no encoded examples: make_instructions(...) and encode_instruction(...) some first")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    items, collate = list(encoded), InstructionCollator(pad_token_id)
+    items = list(encoded)
+    collate = collate if collate is not None else InstructionCollator(pad_token_id)
     orders: dict[int, list[int]] = {}
 
     def order(epoch: int) -> list[int]:
@@ -714,6 +717,7 @@ def tune_encoded(
     eval_encoded: Sequence[Mapping[str, Sequence[int]]] | None = None,
     callbacks: Sequence[Callable[[dict, TrainResult], bool | None]] | None = None,
     seed: int = 0,
+    collate: Callable[[list], dict[str, torch.Tensor]] | None = None,
     **train_config: Any,
 ) -> TrainResult:
     """Fine-tune on already encoded examples (``input_ids`` / ``labels`` lists). Chapter 05 (fine-tuning).
@@ -721,7 +725,8 @@ def tune_encoded(
     The loop behind ``instruction_tune`` and ``chat.chat_tune``: ``steps`` AdamW updates on shuffled,
     right-padded batches (padding id ``pad_token_id``, label -100), 10% warmup, cosine decay to
     ``lr / 10``, no weight decay. ``eval_encoded``: held-out examples whose response loss is measured
-    every ``eval_interval`` steps (default: once, at the end).
+    every ``eval_interval`` steps (default: once, at the end). ``collate``: how a list of examples becomes a
+    batch (default ``InstructionCollator(pad_token_id)``).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer (optimizer updates), got {steps!r}")
@@ -733,11 +738,11 @@ def tune_encoded(
     options.update(train_config)
     evaluate = None
     if eval_encoded is not None:
-        collate = InstructionCollator(pad_token_id)
+        collate = collate if collate is not None else InstructionCollator(pad_token_id)
         eval_batches = [collate(eval_encoded[i : i + batch_size]) for i in range(0, len(eval_encoded), batch_size)]
         if not eval_batches:
             raise ValueError("eval examples are empty; pass None for no evaluation")
         options["eval_steps"] = train_config.get("eval_steps", len(eval_batches))  # all of them by default
         evaluate = lambda i: eval_batches[i % len(eval_batches)]  # noqa: E731
-    return train(model, batches(encoded, batch_size, seed=seed, pad_token_id=pad_token_id), TrainConfig(**options),
-                 evaluate=evaluate, callbacks=callbacks)
+    get_batch = batches(encoded, batch_size, seed=seed, pad_token_id=pad_token_id, collate=collate)
+    return train(model, get_batch, TrainConfig(**options), evaluate=evaluate, callbacks=callbacks)

@@ -242,6 +242,12 @@ ZOO: dict[str, ZooRecipe | TunedRecipe] = {
         base="course-gpt", steps=150, batch_size=16, lr=1e-3, eval_examples=120,
         options={"max_history": 2, "russian_repeats": 10, "max_tokens": 128},
     ),
+    "course-t5-sum": TunedRecipe(
+        name="course-t5-sum", kind="seq2seq-lm", task="summarization",
+        description="T5 (chapter 02) trained to summarize: a docs entry's title and body -> its summary line; "
+                    "course-gpt's tokenizer and token embeddings",
+        base="course-gpt", steps=600, batch_size=32, lr=3e-3, eval_examples=128,
+    ),
 }
 
 

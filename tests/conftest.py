@@ -12,3 +12,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """The shipped course-gpt as ``(GPT, ByteLevelBPETokenizer)`` (chapter 04's zoo), loaded once per file."""
+    from llm_course.zoo import load_pretrained
+
+    return load_pretrained("course-gpt")
+
+
+@pytest.fixture(scope="module")
+def tok(shipped):
+    """course-gpt's tokenizer."""
+    return shipped[1]

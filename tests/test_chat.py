@@ -32,16 +32,6 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    return load_pretrained("course-gpt")
-
-
-@pytest.fixture(scope="module")
-def tok(shipped):
-    return shipped[1]
-
-
-@pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=4096, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()

@@ -26,6 +26,8 @@ from llm_course.gpt import GPT, GPTConfig
 from llm_course.instruct import format_chat
 from llm_course.zoo import load_pretrained
 
+from scripted_lm import ScriptedLM  # tests/scripted_lm.py
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,32 +37,6 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 def tiny():
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=4096, n_positions=64, n_embd=32, n_layer=2, n_head=2)).eval()
-
-
-class ScriptedLM(nn.Module):
-    """A causal LM that writes ``script`` token by token (each step's logits put the script's token first).
-
-    Looks like a transformers model to ``generate`` (keyword inputs, an output with ``.logits``). It records
-    the length of every prompt it is given (``prompt_lengths``) and how many tokens it wrote (``steps``).
-    """
-
-    def __init__(self, script: list[int], vocab_size: int, n_positions: int = 256) -> None:
-        super().__init__()
-        self.script, self.vocab_size = list(script), vocab_size
-        self.config = SimpleNamespace(n_positions=n_positions)
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.prompt_lengths: list[int] = []
-        self.steps = 0
-
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
-        if past_key_values is None:  # a new prompt (the cache is empty)
-            self.prompt_lengths.append(input_ids.shape[1])
-            self.steps = 0
-        token = self.script[min(self.steps, len(self.script) - 1)]
-        self.steps += 1
-        logits = torch.full((input_ids.shape[0], input_ids.shape[1], self.vocab_size), -10.0)
-        logits[:, -1, token] = 10.0
-        return SimpleNamespace(logits=logits, past_key_values=("cache",))
 
 
 class TwoTokenLM(nn.Module):

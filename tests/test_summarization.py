@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,6 +28,8 @@ from llm_course.summarization import (
     tldr_summarize,
 )
 from llm_course.t5 import T5, T5Config
+
+from scripted_lm import ScriptedLM  # tests/scripted_lm.py
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -318,28 +319,6 @@ def test_summarize_bad_input(tok, shipped):
 # ----------------------------------------------------------------------------------------
 
 
-class ScriptedLM(nn.Module):
-    """A causal LM that writes ``script`` token by token and records the prompts it is given."""
-
-    def __init__(self, script: list[int], vocab_size: int = 4096, n_positions: int = 384) -> None:
-        super().__init__()
-        self.script, self.vocab_size = list(script), vocab_size
-        self.config = SimpleNamespace(n_positions=n_positions)
-        self.dummy = nn.Parameter(torch.zeros(1))
-        self.prompts: list[torch.Tensor] = []
-        self.steps = 0
-
-    def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=False, **kwargs):
-        if past_key_values is None:
-            self.prompts.append(input_ids.clone())
-            self.steps = 0
-        token = self.script[min(self.steps, len(self.script) - 1)]
-        self.steps += 1
-        logits = torch.full((input_ids.shape[0], input_ids.shape[1], self.vocab_size), -10.0)
-        logits[:, -1, token] = 10.0
-        return SimpleNamespace(logits=logits, past_key_values=("cache",))
-
-
 def collapsing_tokenizer(tok):
     """The course tokenizer, but decode() tidies white space (as some tokenizers' clean-up does), so
     decode(encode(prompt)) != prompt and slicing the decoded text at len(prompt) goes wrong."""
@@ -357,7 +336,7 @@ def test_tldr_takes_the_generated_ids_up_to_eos_and_the_first_line(tok):
     eos = tok.token_to_id("<|endoftext|>")
     answer = " It returns the  sum.\nSecond line"
     script = _encode_plain(tok, answer) + [eos] + _encode_plain(tok, " never shown")
-    model = ScriptedLM(script)
+    model = ScriptedLM(script, n_positions=384)
     text = "def f(x):  return sum(x)"
     assert tldr_summarize(model, tok, text) == "It returns the  sum."
     assert model.steps == len(_encode_plain(tok, answer)) + 1  # stopped at the end-of-text id
@@ -371,7 +350,7 @@ def test_tldr_does_not_slice_the_decoded_prompt(tok):
     script = _encode_plain(tok, " Adds  two numbers.") + [eos]
     collapsing = collapsing_tokenizer(tok)
     text = "def add(a,  b):    return a + b"  # double spaces: the tokenizer's decode() changes them
-    ours = tldr_summarize(ScriptedLM(script), collapsing, text, prompt=MANUAL_PROMPT)
+    ours = tldr_summarize(ScriptedLM(script, n_positions=384), collapsing, text, prompt=MANUAL_PROMPT)
     assert ours == "Adds two numbers."  # = decode(the generated ids), tidied by this tokenizer
     prompt = MANUAL_PROMPT.format(text=text)
     full = collapsing.decode(_encode_plain(tok, prompt) + script[:-1])
@@ -401,7 +380,7 @@ def test_tldr_batch_equals_one_by_one(tok):
 
 
 def test_tldr_bad_input(tok):
-    model = ScriptedLM([0])
+    model = ScriptedLM([0], n_positions=384)
     with pytest.raises(ValueError, match=r"texts\[0\] is empty"):
         tldr_summarize(model, tok, [""])
     with pytest.raises(ValueError, match="exactly once"):

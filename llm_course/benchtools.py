@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["timeit", "record", "machine_info", "results_dir", "format_table"]
+__all__ = ["timeit", "record", "machine_info", "results_dir", "format_table", "run_file"]
 
 
 def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
@@ -102,3 +102,26 @@ def record(name: str, rows: Sequence[dict[str, Any]], notes: str = "", quick: bo
     tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def run_file(path: str | Path, quick: bool = False) -> Any:
+    """Import the benchmark script ``path`` and call its ``run(quick=...)``; returns its rows."""
+    import importlib.util
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{path} is not a Python file")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.run(quick=quick)
+
+
+if __name__ == "__main__":  # python -m llm_course.benchtools benchmarks/bench_x.py [--quick]: one benchmark
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run one benchmark script (llm-course bench runs them all).")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, nothing recorded")
+    args = parser.parse_args()
+    run_file(args.path, quick=args.quick)

@@ -139,21 +139,17 @@ def strip_notebook(path: Path) -> bool:
     return False
 
 
-def _bench(names: Sequence[str], quick: bool) -> None:
-    bench_dir = notebooks_dir().parent / "benchmarks"
-    files = sorted(bench_dir.glob("bench_*.py"))
-    available = {f.stem[len("bench_"):]: f for f in files}
-    if names:
-        missing = [n for n in names if n not in available]
-        if missing:
-            raise ValueError(f"unknown benchmark {', '.join(missing)}; available: {', '.join(available)}")
-        available = {n: available[n] for n in names}
-    for name, f in available.items():
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", f)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        print(f"== benchmark {name}", flush=True)
-        mod.run(quick=quick)
+def _bench(names: Sequence[str], quick: bool) -> int:
+    """``llm-course bench``: every benchmark in its own process, one report, the README regenerated."""
+    from .report import run_benchmarks, update_readme
+
+    rep = run_benchmarks(names, quick=quick)
+    failed = [b["name"] for b in rep["benchmarks"] if b["status"] != "ok" and (not names or b["name"] in names)]
+    print(f"\n{len(rep['benchmarks'])} benchmarks, {rep['total_seconds'] / 60:.1f} min"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if not quick:
+        print("wrote benchmarks/results/report.json" + ("; README updated" if update_readme() else ""))
+    return 1 if failed else 0
 
 
 def _zoo(args: argparse.Namespace) -> None:
@@ -233,10 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
             return subprocess.call([sys.executable, "-m", "jupyterlab", *root, str(notebooks_dir())])
         elif args.cmd == "bench":
-            _bench(args.names, args.quick)
-            if not args.quick:
-                from .report import update_readme
-                update_readme()
+            return _bench(args.names, args.quick)
         elif args.cmd == "readme":
             from .report import update_readme
             print("README updated" if update_readme() else "README already up to date")

@@ -78,6 +78,7 @@ from .training import (
     _to_device,
     configure_optimizer,
     estimate_loss,
+    resolve_precision,
 )
 
 # How measure_finetuning gets a held-out loss: evaluate_fn(model) -> loss (or {"loss": ...}), or eval batches.
@@ -245,6 +246,7 @@ def trainer_finetune(
     data_collator: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None = None,
     save_total_limit: int = 2,
     disable_tqdm: bool = False,
+    precision: str = "fp32",
     **training_args: Any,
 ) -> tuple[Trainer, TrainOutput]:
     """Fine-tune a transformers model with ``Trainer``, keeping the best checkpoint. Chapter 05 (fine-tuning).
@@ -268,6 +270,8 @@ def trainer_finetune(
       that carry their own labels need a collator that keeps them); without a collator there are no
       labels and no loss;
     * ``processing_class=tokenizer`` (the manual's ``tokenizer=``), saved with each checkpoint;
+    * ``precision``: "fp32", "bf16", "fp16" (CUDA) or "auto" (bf16 or fp16 on a GPU, fp32 on a CPU;
+      ``training.resolve_precision``) becomes ``TrainingArguments(bf16=True)`` / ``fp16=True``;
     * ``report_to="none"`` (no wandb or TensorBoard account, works offline), ``use_cpu`` when there
       is no CUDA, ``seed``; ``disable_tqdm=True`` also drops the printed log lines (they are still in
       ``trainer.state.log_history``, see ``trainer_history``).
@@ -309,6 +313,8 @@ def trainer_finetune(
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be > 0, got {lr!r}")
     _check_training_args(training_args)
+    on_gpu = torch.cuda.is_available()
+    precision = resolve_precision(precision, "cuda" if on_gpu else "cpu")
     train_ds, eval_ds = _as_dataset(train_dataset, "train_dataset"), _as_dataset(eval_dataset, "eval_dataset")
     if data_collator is None:
         data_collator = _default_collator(tokenizer, train_ds[0])
@@ -330,7 +336,9 @@ def trainer_finetune(
         greater_is_better=False,        # a loss: lower is better
         save_total_limit=save_total_limit,
         report_to="none",               # no wandb / tensorboard: offline, no account
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not on_gpu,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         seed=seed,
         disable_tqdm=disable_tqdm,
     )

@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 
 from .finetuning import saved_activation_bytes
-from .training import _model_loss, configure_optimizer
+from .training import PRECISIONS, _model_loss, autocast_context, check_precision, configure_optimizer
 
 __all__ = [
     "set_gradient_checkpointing",
@@ -241,35 +241,8 @@ def checkpointing_report(model: nn.Module, batch: Batch, repeats: int = 3) -> di
 # 2. Mixed precision
 # --------------------------------------------------------------------------------------------
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _check_precision(precision: Any, device: torch.device) -> None:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"fp16 mixed precision needs a CUDA GPU (with torch.amp.GradScaler('cuda')); the device is "
-            f"{device.type!r}. On the CPU use precision='bf16', which needs no loss scaling"
-        )
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("this GPU has no bf16 support (it needs compute capability >= 8.0); use precision='fp16'")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"precision_run supports the 'cpu' and 'cuda' devices, got {device.type!r}")
-
-
-def autocast_context(precision: str, device: str | torch.device = "cpu") -> contextlib.AbstractContextManager:
-    """The ``with`` block for a forward pass in ``precision``. Chapter 09.
-
-    fp32: nothing (a null context). bf16 / fp16: ``torch.autocast(device_type, dtype)``, the current
-    spelling of the manual's deprecated ``torch.cuda.amp.autocast()``.
-    """
-    device = torch.device(device)
-    _check_precision(precision, device)
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+# PRECISIONS, autocast_context and check_precision live in training.py: train() (chapter 04's loop)
+# uses them too, so a notebook's PRECISION parameter trains in bf16/fp16 on a GPU.
 
 
 def _move(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
@@ -303,7 +276,7 @@ def precision_run(
     if len(batches) == 0:
         raise ValueError("batches is empty: pass at least one batch (one optimizer step per batch)")
     device = torch.device(device)
-    _check_precision(precision, device)
+    check_precision(precision, device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU; use device='cpu'")
     batches = [_check_batch(b) for b in batches]
@@ -346,7 +319,7 @@ def compare_precisions(
         precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
     precisions = list(precisions)
     for p in precisions:
-        _check_precision(p, device)
+        check_precision(p, device)
     order = ["fp32"] + [p for p in dict.fromkeys(precisions) if p != "fp32"]
     losses, seconds = {}, {}
     for p in order:

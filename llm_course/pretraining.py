@@ -89,6 +89,8 @@ class PretrainRecipe:
     this machine (measured by ``steps_for_budget``); either way training stops once the budget is spent
     (``TimeBudget``). ``eval_every`` steps: a held-out estimate on ``eval_batches`` random validation
     windows. ``threads``: torch CPU threads (None: the faster of 1 and all cores, ``fastest_threads``).
+    ``precision``: "fp32", "bf16", "fp16" (CUDA) or "auto" (bf16/fp16 on a GPU, fp32 on a CPU), the
+    ``TrainConfig`` field of the same name (chapter 09 explains mixed precision).
     """
 
     vocab_size: int = 4096
@@ -109,6 +111,7 @@ class PretrainRecipe:
     eval_batches: int = 4
     threads: int | None = None
     seed: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "n_layer", "n_head", "n_embd", "batch_size", "eval_every", "eval_batches")
@@ -127,7 +130,8 @@ class PretrainRecipe:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"PretrainRecipe.threads must be a positive integer or None, got {self.threads!r}")
         self.gpt_config(self.vocab_size)  # checks n_embd % n_head, dropout
-        TrainConfig(lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay)  # checks lr, min_lr
+        TrainConfig(lr=self.lr, min_lr=self.min_lr, weight_decay=self.weight_decay,
+                    precision=self.precision)  # checks lr, min_lr, precision
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         """The model: a ``GPTConfig`` whose context is ``block_size`` tokens."""
@@ -139,7 +143,7 @@ class PretrainRecipe:
         settings: dict[str, Any] = dict(
             max_steps=max_steps, lr=self.lr, min_lr=self.min_lr, warmup_steps=int(self.warmup_fraction * max_steps),
             weight_decay=self.weight_decay, grad_clip=self.grad_clip,
-            eval_interval=self.eval_every, eval_steps=self.eval_batches, seed=self.seed,
+            eval_interval=self.eval_every, eval_steps=self.eval_batches, seed=self.seed, precision=self.precision,
         )
         settings.update(overrides)
         return TrainConfig(**settings)

@@ -1,27 +1,36 @@
 """Measured figures in the README: notebook times and memory, benchmark ratios.
 
-Course infrastructure (chapter 01 set-up). The test run records each notebook's wall time
-and peak memory in ``benchmarks/results/notebooks.json``; each benchmark records its rows in
-``benchmarks/results/<name>.json`` (see :mod:`llm_course.benchtools`). ``update_readme()``
-regenerates the README's tables between ``<!-- BEGIN x -->`` / ``<!-- END x -->`` markers,
-so the numbers a reader sees are the numbers the last run measured.
+Course infrastructure (chapter 01 set-up; the one benchmark report is classroom readiness).
+The test run records each notebook's wall time and peak memory in
+``benchmarks/results/notebooks.json``; each benchmark records its rows in
+``benchmarks/results/<name>.json`` (see :mod:`llm_course.benchtools`). ``run_benchmarks()``
+(``make bench`` / ``llm-course bench``) runs every ``benchmarks/bench_*.py``, each in its own
+process, and writes ``benchmarks/results/report.json``: one file with the machine, every
+benchmark's run time and status, every result table and the notebook figures.
+``update_readme()`` regenerates the README's tables between ``<!-- BEGIN x -->`` /
+``<!-- END x -->`` markers, so the numbers a reader sees are the numbers the last run measured.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .benchtools import format_table, machine_info, results_dir
 from .chapters import CHAPTERS, notebooks_dir
 
-__all__ = ["NOTEBOOK_STATS", "load_notebook_stats", "save_notebook_stats", "update_readme",
-           "notebook_table", "benchmark_sections"]
+__all__ = ["NOTEBOOK_STATS", "REPORT", "load_notebook_stats", "save_notebook_stats", "update_readme",
+           "notebook_table", "benchmark_sections", "benchmark_files", "run_benchmarks", "load_report"]
 
 NOTEBOOK_STATS = "notebooks.json"
+REPORT = "report.json"
 REPO_URL = "https://github.com/llm-course/llm-course"
 COLAB_URL = "https://colab.research.google.com/github/llm-course/llm-course/blob/main/notebooks/{name}"
 BINDER_URL = "https://mybinder.org/v2/gh/llm-course/llm-course/main?labpath=notebooks%2F{name}"
@@ -77,22 +86,67 @@ def notebook_table() -> str:
                  f"[Binder]({BINDER_URL.format(name=nb.name)})")
         lines.append(f"| {ch.number} | [{ch.title}](notebooks/{nb.name}) | {ch.manual_section} "
                      f"| {links} | {t} | {m} |")
+    machine = _notebook_machine()
+    if machine:
+        lines += ["", f"*Time and peak memory (the kernel's, VmHWM) measured by the test run (`make test`) on "
+                      f"{_where(machine)}.*"]
+    return "\n".join(lines)
+
+
+def _notebook_machine() -> dict[str, Any] | None:
+    path = _stats_path()
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("machine") if path.exists() else None
+    except ValueError:
+        return None
+
+
+def _where(machine: dict[str, Any]) -> str:
+    return (f"{machine.get('cpu_count', '?')} cores ({machine.get('machine', '?')}), torch {machine.get('torch', '?')}, "
+            f"{machine.get('cuda') or 'CPU'}, {machine.get('date', '?')}")
+
+
+def _result_files() -> list[Path]:
+    return [p for p in sorted(results_dir().glob("*.json")) if p.name not in (NOTEBOOK_STATS, REPORT)]
+
+
+def load_report() -> dict[str, Any] | None:
+    """``benchmarks/results/report.json`` as written by :func:`run_benchmarks` (None if absent)."""
+    path = results_dir() / REPORT
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        data["benchmarks"]  # noqa: B018 - the one key every report has
+        return data
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a valid benchmark report ({exc}); delete it and rerun `make bench`") from exc
+
+
+def _summary_table(rep: dict[str, Any]) -> str:
+    total = rep.get("total_seconds")
+    lines = [f"*`make bench` ran {len(rep['benchmarks'])} benchmarks"
+             + (f" in {total / 60:.1f} min" if total else "") + f" on {_where(rep.get('machine', {}))}.*", "",
+             "| Benchmark | Chapter | Compares | Run time | Status | Result tables |", "|---|---|---|---|---|---|"]
+    for b in rep["benchmarks"]:
+        tables = ", ".join(f"[{r}](#{r})" for r in b.get("results", [])) or "none"
+        lines.append(f"| [{b['name']}]({b['file']}) | {b.get('chapter', '')} | {b.get('what', '')} "
+                     f"| {b['seconds']:.0f} s | {b['status']} | {tables} |")
     return "\n".join(lines)
 
 
 def benchmark_sections() -> str:
-    """One Markdown section per recorded benchmark, with the machine it ran on."""
+    """The report's summary table, then one Markdown section per recorded result, with its machine."""
     out = []
-    for path in sorted(results_dir().glob("*.json")):
-        if path.name == NOTEBOOK_STATS:
-            continue
+    rep = load_report()
+    if rep and rep.get("benchmarks"):
+        out.append(_summary_table(rep) + "\n")
+    for path in _result_files():
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError:
             continue
-        m = data.get("machine", {})
-        where = (f"{m.get('cpu_count', '?')} cores, torch {m.get('torch', '?')}, "
-                 f"{m.get('cuda') or 'CPU'}, {m.get('date', '?')}")
+        where = _where(data.get("machine", {}))
         # Rows with different columns (e.g. two experiments in one benchmark) get their own tables.
         groups: dict[tuple, list] = {}
         for row in data.get("rows", []):
@@ -102,6 +156,87 @@ def benchmark_sections() -> str:
         if data.get("notes"):
             out.append(data["notes"] + "\n")
     return "\n".join(out) if out else "*No benchmark has been recorded yet: run `make bench`.*"
+
+
+def benchmark_files(bench_dir: Path | None = None) -> dict[str, Path]:
+    """``{name: path}`` of every ``bench_<name>.py`` in ``benchmarks/`` (or ``bench_dir``)."""
+    bench_dir = bench_dir or notebooks_dir().parent / "benchmarks"
+    return {f.stem[len("bench_"):]: f for f in sorted(bench_dir.glob("bench_*.py"))}
+
+
+def _describe(path: Path) -> tuple[str, str]:
+    """(chapter, what it compares) from a benchmark's docstring: its first line and "Chapter(s) NN"."""
+    import ast
+
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    first = doc.split("\n", 1)[0].strip().rstrip(".")
+    m = re.search(r"Chapters? (\d\d(?:\s*[-\u2013]\s*\d\d)?)", doc)
+    chapter = m.group(1).replace(" ", "") if m else ""
+    what = re.sub(r"^(Benchmark:\s*)", "", first)
+    what = re.sub(r"\.?\s*Chapters? \d\d.*$", "", what).strip()
+    return chapter, what.replace("|", "/")
+
+
+def run_benchmarks(names: Sequence[str] = (), quick: bool = False, bench_dir: Path | None = None,
+                   timeout_s: float | None = None) -> dict[str, Any]:
+    """Run benchmarks, each in a fresh process (``python -m llm_course.benchtools FILE``), and report.
+
+    A benchmark that fails is recorded as failed and the others still run. Unless ``quick``, the
+    report is written to ``benchmarks/results/report.json`` (entries of benchmarks not run this time
+    are kept from the previous report) together with the notebook figures of the last test run, and
+    the README is regenerated. Returns the report. Classroom readiness (``make bench``).
+    """
+    available = benchmark_files(bench_dir)
+    if names:
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise ValueError(f"unknown benchmark {', '.join(missing)}; available: {', '.join(available)}")
+        available = {n: available[n] for n in names}
+    out_dir = results_dir()
+    entries = []
+    t_all = time.perf_counter()
+    for name, path in available.items():
+        before = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.json")} if out_dir.exists() else {}
+        print(f"== benchmark {name} ({path.name})", flush=True)
+        cmd = [sys.executable, "-m", "llm_course.benchtools", str(path)] + (["--quick"] if quick else [])
+        t0 = time.perf_counter()
+        try:
+            rc = subprocess.run(cmd, timeout=timeout_s).returncode
+            status = "ok" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            status = f"timed out after {timeout_s:.0f} s"
+        seconds = time.perf_counter() - t0
+        written = sorted(p.stem for p in out_dir.glob("*.json")
+                         if p.name not in (NOTEBOOK_STATS, REPORT) and before.get(p.name) != p.stat().st_mtime_ns
+                         ) if out_dir.exists() else []
+        chapter, what = _describe(path)
+        entries.append({"name": name, "file": f"benchmarks/{path.name}", "chapter": chapter, "what": what,
+                        "seconds": round(seconds, 1), "status": status, "results": written})
+        print(f"== {name}: {status}, {seconds:.0f} s", flush=True)
+    total = time.perf_counter() - t_all
+    report: dict[str, Any] = {"generated": _dt.datetime.now().isoformat(timespec="seconds"),
+                              "machine": machine_info(), "quick": quick}
+    if quick:
+        report.update(total_seconds=round(total, 1), benchmarks=entries)
+        return report
+    previous = {b["name"]: b for b in (load_report() or {}).get("benchmarks", [])}
+    previous.update({e["name"]: e for e in entries})
+    ordered = [previous[n] for n in benchmark_files(bench_dir) if n in previous]
+    report.update(total_seconds=round(sum(b["seconds"] for b in ordered), 1), benchmarks=ordered)
+    report["results"] = {}
+    for path in _result_files():
+        try:
+            report["results"][path.stem] = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            report["results"][path.stem] = {"error": f"{path.name} is not valid JSON"}
+    nb_path = _stats_path()
+    if nb_path.exists():
+        report["notebooks"] = json.loads(nb_path.read_text(encoding="utf-8"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / (REPORT + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / REPORT)
+    return report
 
 
 def _replace_block(text: str, name: str, body: str) -> str:

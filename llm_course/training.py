@@ -47,6 +47,7 @@ Notebook use::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -82,6 +83,10 @@ __all__ = [
     "LossPlot",
     "in_notebook",
     "train",
+    "PRECISIONS",
+    "check_precision",
+    "resolve_precision",
+    "autocast_context",
 ]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the file train() writes inside cfg.checkpoint_dir
@@ -91,6 +96,55 @@ _FORMAT_VERSION = 1
 Batch = Mapping[str, torch.Tensor]  # e.g. {"input_ids": (B, T), "labels": (B, T)}: the model's kwargs
 BatchSource = Callable[[int], Batch] | Iterable[Batch]
 Callback = Callable[[dict, "TrainResult"], "bool | None"]
+
+
+# --------------------------------------------------------------------------------------------
+# Precision (chapter 09 explains it; the loop below uses it so a GPU trains in bf16/fp16)
+# --------------------------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: Any, device: torch.device) -> None:
+    """A clear error for a precision the device cannot train in. Chapter 09 (best practices)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"fp16 mixed precision needs a CUDA GPU (with torch.amp.GradScaler('cuda')); the device is "
+            f"{device.type!r}. On the CPU use precision='bf16', which needs no loss scaling"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16 support (it needs compute capability >= 8.0); use precision='fp16'")
+    if precision != "fp32" and device.type not in ("cpu", "cuda"):
+        raise ValueError(f"mixed precision is supported on the 'cpu' and 'cuda' devices, got {device.type!r}; "
+                         "use precision='fp32'")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``"auto"`` -> bf16 on a GPU that has it (A100, H100, L4), fp16 on an older one (Colab's T4, V100),
+    fp32 on a CPU or Apple GPU; any other value is checked and returned. Chapter 09 (best practices)."""
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    check_precision(precision, device)
+    return precision
+
+
+def autocast_context(precision: str, device: str | torch.device = "cpu") -> contextlib.AbstractContextManager:
+    """The ``with`` block for a forward pass in ``precision``. Chapter 09 (best practices).
+
+    fp32: nothing (a null context). bf16 / fp16: ``torch.autocast(device_type, dtype)``, the current
+    spelling of the manual's deprecated ``torch.cuda.amp.autocast()``.
+    """
+    device = torch.device(device)
+    check_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[precision])
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +167,10 @@ class TrainConfig:
     held-out batches; ``chars_per_token`` (characters of text per token of the held-out data) adds bits
     per character. Logging: ``log_interval`` steps between log lines (0: silent), ``progress`` a tqdm bar,
     ``live_plot`` a loss curve redrawn in place in a notebook (nothing happens outside one).
+
+    Precision: ``precision`` is "fp32" (default), "bf16", "fp16" (CUDA only, with a GradScaler) or "auto"
+    (``resolve_precision``: bf16 or fp16 on a CUDA GPU, fp32 elsewhere). Mixed precision runs the forward
+    pass under ``torch.autocast``; weights and AdamW's state stay fp32 (chapter 09).
 
     Reproducibility and saving: ``seed`` seeds Python, NumPy and torch at the start of a fresh run (None:
     leave them as they are); ``device`` is passed to ``get_device`` ("auto", "cpu", "cuda", ...).
@@ -138,6 +196,7 @@ class TrainConfig:
     checkpoint_interval: int = 0
     progress: bool = True
     live_plot: bool = True
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         def check_int(name: str, minimum: int) -> None:
@@ -167,6 +226,8 @@ class TrainConfig:
                              f"got {self.chars_per_token!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"TrainConfig.seed must be a non-negative integer or None, got {self.seed!r}")
+        if self.precision not in (*PRECISIONS, "auto"):
+            raise ValueError(f"TrainConfig.precision must be one of {(*PRECISIONS, 'auto')}, got {self.precision!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -684,7 +745,9 @@ class TrainResult:
     ``grad_norm`` (before clipping) and ``tokens_per_sec``. evals: one dict per evaluation: ``step``,
     ``loss``, ``perplexity``, ``tokens`` and, with ``chars_per_token``, ``bits_per_char``.
     step: updates done. stopped_early: a callback stopped the run or it was interrupted (Ctrl-C / the
-    notebook's stop button). checkpoint: the last checkpoint written, if any.
+    notebook's stop button). checkpoint: the last checkpoint written, if any. precision: what the forward
+    passes ran in ("auto" resolved); with fp16, ``skipped_steps`` counts updates the GradScaler skipped
+    because the scaled gradients overflowed.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -692,6 +755,8 @@ class TrainResult:
     step: int = 0
     stopped_early: bool = False
     checkpoint: Path | None = None
+    precision: str = "fp32"
+    skipped_steps: int = 0
 
     @property
     def losses(self) -> list[float]:
@@ -744,9 +809,12 @@ def train(
         raise TypeError("callbacks must be functions callback(record, result)")
 
     device = get_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     model.to(device)
     optimizer = configure_optimizer(model, cfg.weight_decay, cfg.lr, cfg.betas)
-    result = TrainResult()
+    # fp16's narrow range needs loss scaling; for fp32 and bf16 the scaler is a no-op pass-through.
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    result = TrainResult(precision=precision)
     ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir is not None else None
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, model, optimizer, generator=generator)  # also restores the RNGs
@@ -784,8 +852,9 @@ def train(
             for k in range(accum):
                 i = (step - 1) * accum + k
                 batch = _to_device(next_batch(i), device, i, "get_batch")
-                loss = _model_loss(model, batch) / accum  # so the summed gradient is the mean's
-                loss.backward()
+                with autocast_context(precision, device):  # fp32: nothing; bf16/fp16: torch.autocast
+                    loss = _model_loss(model, batch) / accum  # so the summed gradient is the mean's
+                scaler.scale(loss).backward()
                 step_loss += loss.detach()
                 tokens += batch["input_ids"].numel()
             loss_value = step_loss.item()
@@ -794,17 +863,25 @@ def train(
                     f"the training loss is {loss_value} at step {step} (lr {lr:.3g}); the weights were not "
                     "updated. Lower the learning rate, use grad_clip, or look for bad data in this batch",
                     step, result)
+            scaler.unscale_(optimizer)  # fp16: the true gradients again, before measuring and clipping them
             # clip_grad_norm_ returns the total norm measured *before* clipping: the number worth logging
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            skipped = False
             if not math.isfinite(grad_norm):
-                raise NonFiniteLossError(
-                    f"the gradient norm is {grad_norm} at step {step} (loss {loss_value:.4f}); the weights "
-                    "were not updated. Lower the learning rate or look for overflow", step, result)
-            optimizer.step()
+                if not scaler.is_enabled():
+                    raise NonFiniteLossError(
+                        f"the gradient norm is {grad_norm} at step {step} (loss {loss_value:.4f}); the weights "
+                        "were not updated. Lower the learning rate or look for overflow", step, result)
+                skipped = True  # fp16 overflow: the scaler skips this update and halves its scale
+                result.skipped_steps += 1
+            scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
 
             record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                                       "tokens_per_sec": tokens / max(time.perf_counter() - t0, 1e-9)}
+            if skipped:
+                record["skipped"] = True
             result.history.append(record)
             result.step = step
             if evaluate is not None and (step % cfg.eval_interval == 0 or step == cfg.max_steps):

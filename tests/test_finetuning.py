@@ -371,3 +371,19 @@ def test_the_same_tools_run_a_peft_lora_model(tokenizer, tmp_path):
     assert r["gradient_bytes"] == 4 * n_lora
     assert r["optimizer_bytes"] == 8 * n_lora + 4 * 4  # 4 LoRA tensors, one step counter each
     assert r["weights_bytes"] == tensor_bytes([*model.parameters(), *model.buffers()])
+
+
+def test_trainer_precision_parameter(tokenizer, tmp_path):
+    """PRECISION in notebook 05: "auto" is fp32 on a CPU; bf16 reaches TrainingArguments; fp16 needs CUDA."""
+    data = cycle_examples(10, 8)
+    model = tiny_gpt2(len(tokenizer))
+    trainer, _ = trainer_finetune(model, tokenizer, data, data, tmp_path / "bf16", max_steps=2, eval_steps=2,
+                                  batch_size=4, disable_tqdm=True, precision="bf16")
+    assert trainer.args.bf16 and not trainer.args.fp16
+    if not torch.cuda.is_available():
+        trainer, _ = trainer_finetune(model, tokenizer, data, data, tmp_path / "auto", max_steps=2, eval_steps=2,
+                                      batch_size=4, disable_tqdm=True, precision="auto")
+        assert not trainer.args.bf16 and not trainer.args.fp16
+        with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU"):
+            trainer_finetune(model, tokenizer, data, data, tmp_path / "fp16", max_steps=2, eval_steps=2,
+                             precision="fp16")

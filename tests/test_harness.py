@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llm_course.chapters import CHAPTERS, chapter_of, find_chapter, notebooks_dir
+from llm_course.report import BINDER_URL, COLAB_URL, REPO_URL
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(notebooks_dir().glob("*.ipynb"))
@@ -57,14 +59,74 @@ def test_notebook_has_a_parameters_cell_and_asserts(nb):
     assert code.count("assert ") >= 3, f"{nb.name}: notebooks check what they show with asserts"
 
 
+TRAINING_CALLS = ("pretrain_gpt(", "trainer_finetune(", "instruction_tune(")
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_that_trains_takes_a_precision_parameter(nb):
+    """On a Colab GPU, PRECISION = "auto" trains in bf16 (fp16 on a T4); on a CPU it stays fp32."""
+    cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    calls = [c for c in code if any(call in c for call in TRAINING_CALLS)]
+    if not calls:
+        pytest.skip(f"{nb.name} does not train with the course's loops")
+    params = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    assert re.search(r'^PRECISION = "auto"', params, flags=re.M), f"{nb.name}: parameters need PRECISION = \"auto\""
+    used = [c for c in code if "precision=PRECISION" in c]
+    assert used, f"{nb.name}: PRECISION is defined but no training run is given precision=PRECISION"
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_opens_with_badges_and_a_guarded_colab_install(nb):
     cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
     first = "".join(cells[0]["source"])
-    assert "colab.research.google.com" in first and "mybinder.org" in first, f"{nb.name}: badges missing"
-    assert nb.name in first, f"{nb.name}: badges must link to this notebook"
+    assert cells[0]["cell_type"] == "markdown", f"{nb.name}: the first cell must be the title with the badges"
+    # The badges open this very notebook, at the paths the README's table links too.
+    assert f"]({COLAB_URL.format(name=nb.name)})" in first, f"{nb.name}: Colab badge missing or pointing elsewhere"
+    assert f"]({BINDER_URL.format(name=nb.name)})" in first, f"{nb.name}: Binder badge missing or pointing elsewhere"
     code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
-    assert '"google.colab" in sys.modules' in code[0], f"{nb.name}: first code cell must be the Colab install"
+    install = code[0]
+    assert '"google.colab" in sys.modules' in install, f"{nb.name}: first code cell must be the Colab install"
+    pip_lines = [ln.strip() for ln in install.splitlines() if "pip install" in ln]
+    assert pip_lines and all(ln.startswith("%pip install") for ln in pip_lines), f"{nb.name}: use %pip: {pip_lines}"
+    for ln in pip_lines:
+        # Colab's own torch (a CUDA build) and ipywidgets 7.7 must stay: install only the course package.
+        words = ln.replace('"', " ").split()
+        assert not {"-U", "--upgrade", "--force-reinstall", "torch", "ipywidgets"} & set(words), \
+            f"{nb.name}: the Colab install must not replace Colab's torch or ipywidgets: {ln}"
+        assert f"llm-course @ git+{REPO_URL}" in ln, f"{nb.name}: install the course from {REPO_URL}: {ln}"
+    # Installing happens only on Colab: the guard is an `if`, and the %pip line sits inside it.
+    guarded = [ln for ln in install.splitlines() if "pip install" in ln]
+    assert all(ln.startswith((" ", "\t")) for ln in guarded), f"{nb.name}: %pip must be inside the Colab guard"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_readme_links_point_at_files_and_headings_that_exist():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    prose = re.sub(r"^```.*?^```", "", readme, flags=re.M | re.S)  # a "# comment" in a code block is no heading
+    anchors = {_slug(h) for h in re.findall(r"^#+\s+(.*)$", prose, flags=re.M)}
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    assert len(links) > 20, "the README should link its notebooks, benchmarks and files"
+    broken = []
+    for link in links:
+        if link.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = link.partition("#")
+        if path and not (ROOT / path).exists():
+            broken.append(link)
+        elif not path and anchor not in anchors:
+            broken.append(link)
+    assert not broken, f"README links to paths or headings that do not exist: {broken}"
+    for url in re.findall(r"\((https://(?:colab\.research\.google\.com|mybinder\.org)/[^)\s]+)\)", readme):
+        if "notebooks" in url:
+            name = url.replace("%2F", "/").rsplit("/", 1)[-1]
+            assert (ROOT / "notebooks" / name).exists(), f"README opens a notebook that does not exist: {url}"
+            assert url in (COLAB_URL.format(name=name), BINDER_URL.format(name=name)), url
 
 
 def test_readme_maps_every_chapter_to_the_manual():

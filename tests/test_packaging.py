@@ -1,5 +1,7 @@
 """requirements.txt, environment.yml and binder/ agree with pyproject.toml."""
 
+import json
+import os
 import re
 try:
     import tomllib
@@ -49,3 +51,58 @@ def test_torch_range_admits_the_pinned_cpu_wheel_and_colab():
     # The Makefile installs torch==2.13.0 first; the project's range must accept it (and older Colab builds).
     assert _pyproject()["torch"] == ">=2.4"
     assert "TORCH_VERSION ?= 2.13.0" in (ROOT / "Makefile").read_text()
+
+
+CPU_INDEX = "--extra-index-url https://download.pytorch.org/whl/cpu"
+BINDER_MEMORY_MB = 2048  # mybinder.org gives a session about 2 GB
+
+
+def _python_range_admits(spec: str, version: tuple[int, int]) -> bool:
+    """True if a ``>=3.10,<3.13``-style range admits ``version`` (major, minor)."""
+    ok = True
+    for part in filter(None, spec.replace(" ", "").split(",")):
+        op, num = re.match(r"(>=|<=|==|<|>)(\d+\.\d+)", part).groups()
+        v = tuple(int(x) for x in num.split("."))
+        ok &= {">=": version >= v, "<=": version <= v, "==": version == v, "<": version < v, ">": version > v}[op]
+    return ok
+
+
+def test_binder_folder_is_complete_on_its_own():
+    """A binder/ folder makes mybinder.org ignore the root files: it must install everything itself."""
+    binder = ROOT / "binder"
+    runtime = (binder / "runtime.txt").read_text().strip()
+    m = re.fullmatch(r"python-(\d+)\.(\d+)", runtime)
+    assert m, f"binder/runtime.txt should read python-X.Y, not {runtime!r}"
+    version = (int(m.group(1)), int(m.group(2)))
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert _python_range_admits(requires, version), f"Binder's {runtime} is outside requires-python {requires}"
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda_python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert _python_range_admits(conda_python[len("python"):], version), f"{runtime} vs environment.yml {conda_python}"
+    # The CPU build of torch everywhere a plain pip install could otherwise pull a multi-GB CUDA build.
+    for path in (binder / "requirements.txt", ROOT / "requirements.txt"):
+        assert CPU_INDEX in path.read_text().splitlines(), f"{path.name} lacks {CPU_INDEX}"
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert CPU_INDEX in pip
+    post = binder / "postBuild"
+    assert os.access(post, os.X_OK), "binder/postBuild must be executable (git update-index --chmod=+x)"
+    lines = [ln.strip() for ln in post.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines[0].startswith("set -e"), "postBuild must stop at the first failing command"
+
+
+def test_requirement_files_agree_with_each_other():
+    """binder/, requirements.txt and environment.yml: the same packages at the same versions."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda = dict(_norm(r) for r in pip if not r.startswith("-"))
+    assert _lines(ROOT / "binder" / "requirements.txt") == _lines(ROOT / "requirements.txt") == conda
+
+
+def test_every_notebook_fits_in_binders_memory():
+    """The last test run's peak memory of each notebook (benchmarks/results/notebooks.json) is under 2 GB."""
+    stats = json.loads((ROOT / "benchmarks" / "results" / "notebooks.json").read_text())["notebooks"]
+    notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    missing = [n for n in notebooks if "peak_rss_mb" not in stats.get(n, {})]
+    assert not missing, f"no recorded memory for {missing}: run `make test`"
+    over = {n: stats[n]["peak_rss_mb"] for n in notebooks if stats[n]["peak_rss_mb"] >= BINDER_MEMORY_MB}
+    assert not over, f"notebooks over Binder's {BINDER_MEMORY_MB} MB: {over}"

@@ -392,3 +392,11 @@ def test_fastest_threads_picks_one_of_the_candidates_and_sets_it(data):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match="candidates"):
         fastest_threads(model, batch, candidates=[0])
+
+
+def test_recipe_precision_reaches_the_training_loop():
+    """PRECISION in notebook 04: the recipe's precision is the TrainConfig's; a wrong one is refused."""
+    assert quick_gpt_recipe(precision="auto").train_config(10).precision == "auto"
+    assert quick_gpt_recipe().train_config(10).precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        quick_gpt_recipe(precision="half")

@@ -47,3 +47,78 @@ def test_record_writes_machine_info(results):
     data = json.loads(path.read_text())
     assert data["machine"]["torch"] and data["rows"] == [{"a": 1}]
     assert benchtools.record("demo3", [{"a": 1}], quick=True) is None
+
+
+GOOD = '''"""Benchmark: A vs B, side by side. Chapter 07 (inference).
+
+More text.
+"""
+from llm_course import benchtools
+
+
+def run(quick=False):
+    rows = [{"what": "a/b", "ratio": 2.0}]
+    benchtools.record("good_table", rows, quick=quick)
+    return rows
+'''
+BAD = '''"""Benchmark: always fails. Chapters 02-03."""
+
+
+def run(quick=False):
+    raise RuntimeError("boom")
+'''
+
+
+@pytest.fixture
+def bench_dir(tmp_path):
+    d = tmp_path / "benchmarks"
+    d.mkdir()
+    (d / "bench_good.py").write_text(GOOD, encoding="utf-8")
+    (d / "bench_bad.py").write_text(BAD, encoding="utf-8")
+    return d
+
+
+def test_run_benchmarks_writes_one_report_and_keeps_going_after_a_failure(results, bench_dir):
+    report.save_notebook_stats({"03_attention.ipynb": {"seconds": 26.0, "peak_rss_mb": 494.0}})
+    rep = report.run_benchmarks(bench_dir=bench_dir)
+    by_name = {b["name"]: b for b in rep["benchmarks"]}
+    assert list(by_name) == ["bad", "good"]  # file order
+    assert by_name["good"]["status"] == "ok" and by_name["good"]["results"] == ["good_table"]
+    assert by_name["good"]["chapter"] == "07" and by_name["good"]["what"] == "A vs B, side by side"
+    assert by_name["bad"]["status"] == "failed (exit 1)" and by_name["bad"]["results"] == []
+    assert by_name["bad"]["chapter"] == "02-03"
+    assert all(b["seconds"] > 0 for b in rep["benchmarks"])
+    saved = report.load_report()
+    assert saved["results"]["good_table"]["rows"] == [{"what": "a/b", "ratio": 2.0}]
+    assert saved["notebooks"]["notebooks"]["03_attention.ipynb"]["seconds"] == 26.0
+    assert saved["machine"]["torch"] and saved["total_seconds"] == pytest.approx(
+        sum(b["seconds"] for b in saved["benchmarks"]), abs=0.2)
+
+    readme = results / "README.md"
+    readme.write_text("<!-- BEGIN benchmarks -->\n<!-- END benchmarks -->\n", encoding="utf-8")
+    report.update_readme(readme)
+    text = readme.read_text(encoding="utf-8")
+    assert "| [good](benchmarks/bench_good.py) | 07 | A vs B, side by side |" in text
+    assert "| failed (exit 1) | none |" in text and "#### good_table" in text and "| a/b | 2 |" in text
+
+
+def test_run_benchmarks_subset_keeps_the_other_entries_and_quick_writes_nothing(results, bench_dir):
+    report.run_benchmarks(bench_dir=bench_dir)
+    first = {b["name"]: b for b in report.load_report()["benchmarks"]}
+    report.run_benchmarks(["good"], bench_dir=bench_dir)
+    second = {b["name"]: b for b in report.load_report()["benchmarks"]}
+    assert second["bad"] == first["bad"] and set(second) == {"bad", "good"}
+    path = results / "results" / report.REPORT
+    before = path.read_bytes()
+    rep = report.run_benchmarks(["good"], quick=True, bench_dir=bench_dir)
+    assert rep["quick"] and rep["benchmarks"][0]["status"] == "ok" and path.read_bytes() == before
+    with pytest.raises(ValueError, match="unknown benchmark nope; available: bad, good"):
+        report.run_benchmarks(["nope"], bench_dir=bench_dir)
+
+
+def test_corrupt_report_is_a_clear_error(results):
+    path = results / "results" / report.REPORT
+    path.parent.mkdir(parents=True)
+    path.write_text("[]", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a valid benchmark report"):
+        report.load_report()

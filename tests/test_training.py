@@ -520,3 +520,76 @@ def test_progress_bar_and_log_lines(capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "step 2/4: loss" in text and "held-out loss" in text
+
+
+# --------------------------------------------------------------------------------------------
+# Precision: the PRECISION parameter of the notebooks (bf16 / fp16 on a GPU, fp32 on a CPU)
+# --------------------------------------------------------------------------------------------
+
+
+def _matmul_dtypes(model: nn.Module) -> list[torch.dtype]:
+    """Record the output dtype of every nn.Linear call (to see what autocast really did)."""
+    seen: list[torch.dtype] = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    return seen
+
+
+def test_bf16_training_computes_in_bf16_and_follows_fp32():
+    fp32 = train(tiny_gpt(dropout=0.0), random_windows(torch.Generator().manual_seed(0)), quiet(max_steps=12))
+    model = tiny_gpt(dropout=0.0)
+    seen = _matmul_dtypes(model)
+    bf16 = train(model, random_windows(torch.Generator().manual_seed(0)), quiet(max_steps=12, precision="bf16"))
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    assert seen and set(seen[: len(seen) // 2]) == {torch.bfloat16}  # the training forwards ran in bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+    diffs = [abs(a - b) for a, b in zip(fp32.losses, bf16.losses)]
+    assert max(diffs) < 0.05, diffs  # same curve within bf16's rounding
+    assert max(diffs) > 0  # and really a different computation
+
+
+def test_auto_precision_is_fp32_on_the_cpu_and_bf16_or_fp16_on_a_gpu(monkeypatch):
+    a = train(tiny_gpt(), random_windows(torch.Generator().manual_seed(0)), quiet(max_steps=4, precision="auto"))
+    b = train(tiny_gpt(), random_windows(torch.Generator().manual_seed(0)), quiet(max_steps=4))
+    assert a.precision == "fp32" and a.losses == b.losses
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert training.resolve_precision("auto", "cuda") == "bf16"  # A100 / H100 / L4
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert training.resolve_precision("auto", "cuda") == "fp16"  # Colab's free T4
+    assert training.resolve_precision("auto", "mps") == "fp32"
+
+
+def test_precision_errors_are_clear():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="float16")
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU.*precision='bf16'"):
+        train(tiny_gpt(), random_windows(torch.Generator().manual_seed(0)), quiet(max_steps=2, precision="fp16"))
+
+
+def test_fp16_grad_scaler_skips_an_overflowing_step_and_goes_on(monkeypatch):
+    """The fp16 path (a T4 on Colab), run on the CPU: loss scaling, and an overflow skipped, not fatal."""
+    monkeypatch.setattr(training, "check_precision", lambda precision, device: None)  # allow fp16 on the CPU
+    model = tiny_gpt(dropout=0.0)
+    seen = _matmul_dtypes(model)
+    weights: dict[int, dict[str, torch.Tensor]] = {}
+    overflow = {"now": False}
+    # an overflow in the scaled gradient, at step 3 only
+    model.wte.weight.register_hook(lambda g: torch.full_like(g, float("inf")) if overflow["now"] else g)
+
+    def watch(record, result):
+        weights[record["step"]] = params_of(model)
+        overflow["now"] = record["step"] == 2  # poison the next step
+
+    get_batch = random_windows(torch.Generator().manual_seed(0))
+    result = train(model, get_batch, quiet(max_steps=6, precision="fp16", grad_clip=1.0), callbacks=[watch])
+    assert result.precision == "fp16" and torch.float16 in seen
+    assert result.skipped_steps == 1 and result.history[2].get("skipped") is True
+    assert all("skipped" not in h for i, h in enumerate(result.history) if i != 2)
+    # the skipped step left every weight as it was; the steps around it changed them
+    assert all(torch.equal(weights[3][k], weights[2][k]) for k in weights[2])
+    assert any(not torch.equal(weights[4][k], weights[3][k]) for k in weights[3])
+    assert all(math.isfinite(h["loss"]) for h in result.history) and len(result.history) == 6
+    # the logged gradient norm is the true one (unscaled), not 65536 times it
+    fp32 = train(tiny_gpt(dropout=0.0), random_windows(torch.Generator().manual_seed(0)), quiet(max_steps=1))
+    assert result.history[0]["grad_norm"] == pytest.approx(fp32.history[0]["grad_norm"], rel=0.05)

@@ -73,12 +73,15 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         cols.extend(k for k in r if k not in cols)
 
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # a "|" inside a cell (e.g. "|dloss|") would split the column
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"
-        return "" if v is None else str(v)
+        return "" if v is None else cell(str(v))
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 

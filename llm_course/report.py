@@ -59,10 +59,25 @@ def save_notebook_stats(entries: dict[str, dict[str, Any]]) -> Path:
     path = _stats_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine_info(), "notebooks": dict(sorted(stats.items()))}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    _write_json(path, payload)
+    report = results_dir() / REPORT
+    if report.exists():  # the one report carries the notebook figures of the latest test run too
+        try:
+            data = json.loads(report.read_text(encoding="utf-8"))
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            data["notebooks"] = payload
+            _write_json(report, data)
     return path
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def notebook_table() -> str:
@@ -232,10 +247,7 @@ def run_benchmarks(names: Sequence[str] = (), quick: bool = False, bench_dir: Pa
     nb_path = _stats_path()
     if nb_path.exists():
         report["notebooks"] = json.loads(nb_path.read_text(encoding="utf-8"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (REPORT + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / REPORT)
+    _write_json(out_dir / REPORT, report)
     return report
 
 

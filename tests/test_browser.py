@@ -306,6 +306,20 @@ def _readout(slider) -> str:
     return slider.locator(".widget-readout").inner_text(timeout=UI_TIMEOUT_MS).strip()
 
 
+def _slide_redraws(nb: "Notebook", view, img, label: str, presses: int) -> str:
+    """Move the slider ``label`` by ``presses`` arrow keys (right from 0, else left); assert that its
+    readout moved and the picture's pixels changed. Returns the new picture's ``src``."""
+    before_src, before_px = img.evaluate(IMG_SRC), img.screenshot(timeout=UI_TIMEOUT_MS)
+    slider = _slider(view, label)
+    start = _readout(slider)
+    _move_slider(slider, presses, "ArrowRight" if float(start) == 0 else "ArrowLeft")
+    src = _wait_changed(nb.page, img, IMG_SRC, before_src)
+    assert _readout(slider) != start, f"the {label} slider did not move"
+    assert img.screenshot(timeout=UI_TIMEOUT_MS) != before_px, f"the picture looks the same after moving {label}"
+    nb.shot(f"explorer-{label}-moved", view)
+    return src
+
+
 @pytest.fixture
 def notebook(browser, lab):
     opened = []
@@ -327,16 +341,7 @@ def test_attention_explorer_reacts_to_its_controls(notebook):
     view = nb.widget("AttentionExplorer(model")
     nb.shot("explorer", view)
     img = _image(view)
-    before_src, before_px = img.evaluate(IMG_SRC), img.screenshot(timeout=UI_TIMEOUT_MS)
-
-    layer = _slider(view, "layer")
-    start = _readout(layer)
-    _move_slider(layer, 1, "ArrowRight" if start == "0" else "ArrowLeft")
-    src = _wait_changed(nb.page, img, IMG_SRC, before_src)
-    assert _readout(layer) != start, "the layer slider did not move"
-    after_px = img.screenshot(timeout=UI_TIMEOUT_MS)
-    nb.shot("explorer-layer-moved", view)
-    assert after_px != before_px, "the heatmap looks the same after moving the layer slider"
+    src = _slide_redraws(nb, view, img, "layer", 1)
 
     # The "one query token" view, then another query token from the dropdown: new bars.
     view.locator(".widget-toggle-button", has_text="one token").first.click(timeout=UI_TIMEOUT_MS)
@@ -360,16 +365,7 @@ def test_sampling_explorer_reacts_to_its_controls(notebook):
     view = nb.widget("SamplingExplorer(model")
     nb.shot("explorer", view)
     img = _image(view)
-    before_src, before_px = img.evaluate(IMG_SRC), img.screenshot(timeout=UI_TIMEOUT_MS)
-
-    temperature = _slider(view, "temperature")
-    start = _readout(temperature)
-    _move_slider(temperature, 5)
-    src = _wait_changed(nb.page, img, IMG_SRC, before_src)
-    assert _readout(temperature) != start, "the temperature slider did not move"
-    after_px = img.screenshot(timeout=UI_TIMEOUT_MS)
-    nb.shot("explorer-temperature", view)
-    assert after_px != before_px, "the bar chart looks the same after changing the temperature"
+    src = _slide_redraws(nb, view, img, "temperature", 5)
 
     text = view.locator(".widget-html").first
     old_text = text.inner_text(timeout=UI_TIMEOUT_MS)

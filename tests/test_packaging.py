@@ -106,3 +106,12 @@ def test_every_notebook_fits_in_binders_memory():
     assert not missing, f"no recorded memory for {missing}: run `make test`"
     over = {n: stats[n]["peak_rss_mb"] for n in notebooks if stats[n]["peak_rss_mb"] >= BINDER_MEMORY_MB}
     assert not over, f"notebooks over Binder's {BINDER_MEMORY_MB} MB: {over}"
+
+
+def test_badges_use_the_projects_repository_address():
+    from llm_course.report import BINDER_URL, COLAB_URL, REPO_URL
+
+    repo = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    assert REPO_URL == repo
+    owner_name = repo.removeprefix("https://github.com/")
+    assert f"/github/{owner_name}/blob/main/" in COLAB_URL and f"/gh/{owner_name}/main?" in BINDER_URL

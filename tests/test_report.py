@@ -34,12 +34,16 @@ def test_update_readme_replaces_only_the_marked_blocks(results):
     assert report.update_readme(readme) is False  # idempotent
 
 
-def test_corrupt_stats_file_is_a_clear_error(results):
-    path = results / "results" / report.NOTEBOOK_STATS
+@pytest.mark.parametrize("name, load, message, text", [
+    (report.NOTEBOOK_STATS, report.load_notebook_stats, "not a valid notebook-stats file", "{not json"),
+    (report.REPORT, report.load_report, "not a valid benchmark report", "[]"),
+])
+def test_corrupt_results_file_is_a_clear_error(results, name, load, message, text):
+    path = results / "results" / name
     path.parent.mkdir(parents=True)
-    path.write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match="not a valid notebook-stats file"):
-        report.load_notebook_stats()
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load()
 
 
 def test_record_writes_machine_info(results):
@@ -116,9 +120,16 @@ def test_run_benchmarks_subset_keeps_the_other_entries_and_quick_writes_nothing(
         report.run_benchmarks(["nope"], bench_dir=bench_dir)
 
 
-def test_corrupt_report_is_a_clear_error(results):
-    path = results / "results" / report.REPORT
-    path.parent.mkdir(parents=True)
-    path.write_text("[]", encoding="utf-8")
-    with pytest.raises(ValueError, match="not a valid benchmark report"):
-        report.load_report()
+def test_a_test_run_refreshes_the_notebook_figures_in_the_report(results, bench_dir):
+    report.run_benchmarks(["good"], bench_dir=bench_dir)
+    assert "notebooks" not in report.load_report()  # no test run recorded yet
+    report.save_notebook_stats({"04_pretraining.ipynb": {"seconds": 200.0, "peak_rss_mb": 1300.0}})
+    assert report.load_report()["notebooks"]["notebooks"]["04_pretraining.ipynb"]["seconds"] == 200.0
+    assert report.load_report()["benchmarks"][0]["name"] == "good"  # the rest is kept
+
+
+def test_format_table_escapes_pipes_in_headers_and_cells():
+    table = benchtools.format_table([{"max |dloss|": 0.5, "note": "a|b"}])
+    header, rule, row = table.splitlines()
+    assert header == r"| max \|dloss\| | note |" and row == r"| 0.5 | a\|b |"
+    assert rule.count("---") == 2  # still two columns

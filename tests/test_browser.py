@@ -132,6 +132,14 @@ class Lab:
                 time.sleep(0.5)
         raise RuntimeError(f"JupyterLab did not answer within {timeout:.0f} s:\n{self.log_tail()}")
 
+    def shutdown_kernels(self) -> None:
+        """Stop every kernel the server runs (a closed browser tab leaves its kernel running)."""
+        with urllib.request.urlopen(f"{self.url}/api/kernels?token={self.token}", timeout=10) as r:
+            kernels = json.loads(r.read())
+        for k in kernels:
+            req = urllib.request.Request(f"{self.url}/api/kernels/{k['id']}?token={self.token}", method="DELETE")
+            urllib.request.urlopen(req, timeout=30).close()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -267,6 +275,7 @@ class Notebook:
 
     def close(self) -> None:
         self.context.close()
+        self.lab.shutdown_kernels()  # the next notebook gets the machine's memory to itself
 
 
 def _image(view, index: int = 0):

@@ -76,6 +76,7 @@ from .training import (
     _model_device,
     _model_loss,
     _to_device,
+    autocast_context,
     configure_optimizer,
     estimate_loss,
     resolve_precision,
@@ -565,6 +566,7 @@ def measure_finetuning(
     warmup: int = 1,
     weight_decay: float = 0.0,
     seed: int | None = 0,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Train ``model`` for ``steps`` AdamW updates and measure what it costs. Chapter 06 (PEFT).
 
@@ -591,6 +593,11 @@ def measure_finetuning(
     Losses: ``train_loss_first``/``train_loss_final`` (the first and the last step's training loss),
     ``eval_loss_before``/``eval_loss`` (None without ``evaluate_fn``). Also the parameter counts
     (``count_parameters``). The model is left trained, in the mode it came in.
+
+    ``precision``: "fp32", "bf16", "fp16" (CUDA, with a GradScaler) or "auto" (bf16/fp16 on a GPU, fp32 on
+    a CPU; ``training.resolve_precision``): the forward runs under ``torch.autocast``, so the saved
+    activations are half the size in bf16/fp16; weights, gradients and AdamW's state keep their dtypes.
+    The result's ``precision`` says which one ran.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -608,8 +615,10 @@ def measure_finetuning(
     device, was_training = _model_device(model), model.training
     trainable, total = count_parameters(model)  # as peft counts: tied once, 4-bit weights as their values
     counts = {"trainable_params": trainable, "total_params": total, "trainable_pct": 100.0 * trainable / total}
+    precision = resolve_precision(precision, device)
     eval_before = _eval_loss(model, evaluate_fn)
     optimizer = configure_optimizer(model, weight_decay=weight_decay, lr=lr, betas=(0.9, 0.999))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # a pass-through unless fp16
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     memory: dict[str, int] = {"weights_bytes": model_size_bytes(model)}
@@ -621,15 +630,17 @@ def measure_finetuning(
             batch = _to_device(source(i), device, i, "get_batch")
             sync()
             t0 = time.perf_counter()
-            if i == 0:  # measure on the first step (it is not timed)
-                memory["activation_bytes"], loss = saved_activation_bytes(model, batch)
-            else:
-                loss = _model_loss(model, batch)
+            with autocast_context(precision, device):
+                if i == 0:  # measure on the first step (it is not timed)
+                    memory["activation_bytes"], loss = saved_activation_bytes(model, batch)
+                else:
+                    loss = _model_loss(model, batch)
             rss = _rss_bytes()  # after the forward: activations are alive
-            loss.backward()
+            scaler.scale(loss).backward()
             if i == 0:
                 memory["gradient_bytes"] = _unique_bytes([p.grad for p in model.parameters() if p.grad is not None])
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             sync()
             times.append(time.perf_counter() - t0)
@@ -658,6 +669,7 @@ def measure_finetuning(
         **memory,
         "rss_delta_bytes": None if rss_start is None or rss_peak is None else rss_peak - rss_start,
         "steps": steps,
+        "precision": precision,
     }
 
 

@@ -387,3 +387,23 @@ def test_trainer_precision_parameter(tokenizer, tmp_path):
         with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU"):
             trainer_finetune(model, tokenizer, data, data, tmp_path / "fp16", max_steps=2, eval_steps=2,
                              precision="fp16")
+
+
+def test_measure_finetuning_in_bf16_shrinks_the_saved_activations():
+    """PRECISION in notebook 06: under bf16 autocast the activations kept for backward shrink; the weights,
+    gradients and AdamW state do not; "auto" is fp32 on a CPU; fp16 needs CUDA."""
+    runs = {}
+    for precision in ("fp32", "bf16", "auto"):
+        torch.manual_seed(0)
+        runs[precision] = measure_finetuning(precision, tiny_gpt2(100), batches(4), steps=3, lr=1e-3,
+                                             precision=precision)
+    fp32, bf16, auto = runs["fp32"], runs["bf16"], runs["auto"]
+    assert (fp32["precision"], bf16["precision"], auto["precision"]) == ("fp32", "bf16", "fp32")
+    ratio = bf16["activation_bytes"] / fp32["activation_bytes"]
+    assert 0.4 < ratio < 0.8, ratio  # 0.72 here: matmul outputs are bf16; the loss's softmax, layer norms stay fp32
+    for key in ("weights_bytes", "gradient_bytes", "optimizer_bytes"):
+        assert bf16[key] == fp32[key], key
+    assert auto["activation_bytes"] == fp32["activation_bytes"] and auto["train_loss_first"] == fp32["train_loss_first"]
+    assert abs(bf16["train_loss_first"] - fp32["train_loss_first"]) < 0.05
+    with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU"):
+        measure_finetuning("fp16", tiny_gpt2(100), batches(2), steps=2, lr=1e-3, precision="fp16")

@@ -343,13 +343,19 @@ def notebook(browser, lab):
         nb.close()
 
 
+def _run_to_widget(notebook, name: str, needle: str, picture: bool = True):
+    """Open notebook ``name``, run it all, and return it with the widget of the cell containing ``needle``
+    (and that widget's rendered picture, if ``picture``)."""
+    nb = notebook(name)
+    nb.run_all()
+    view = nb.widget(needle)
+    nb.shot("explorer" if picture else "widget", view)
+    return nb, view, (_image(view) if picture else None)
+
+
 def test_attention_explorer_reacts_to_its_controls(notebook):
     """Chapter 03: the layer slider and the query-token dropdown redraw the heatmap."""
-    nb = notebook("03_attention.ipynb")
-    nb.run_all()
-    view = nb.widget("AttentionExplorer(model")
-    nb.shot("explorer", view)
-    img = _image(view)
+    nb, view, img = _run_to_widget(notebook, "03_attention.ipynb", "AttentionExplorer(model")
     src = _slide_redraws(nb, view, img, "layer", 1)
 
     # The "one query token" view, then another query token from the dropdown: new bars.
@@ -369,11 +375,7 @@ def test_attention_explorer_reacts_to_its_controls(notebook):
 
 def test_sampling_explorer_reacts_to_its_controls(notebook):
     """Chapter 07: the temperature slider redraws the probability bars; "step" adds a token."""
-    nb = notebook("07_inference.ipynb")
-    nb.run_all()
-    view = nb.widget("SamplingExplorer(model")
-    nb.shot("explorer", view)
-    img = _image(view)
+    nb, view, img = _run_to_widget(notebook, "07_inference.ipynb", "SamplingExplorer(model")
     src = _slide_redraws(nb, view, img, "temperature", 5)
 
     text = view.locator(".widget-html").first
@@ -386,9 +388,7 @@ def test_sampling_explorer_reacts_to_its_controls(notebook):
 
 def test_chat_box_answers_in_the_browser(notebook):
     """Chapter 08: typing a Russian message and pressing Send shows it and a reply."""
-    nb = notebook("08_applications.ipynb")
-    nb.run_all()
-    view = nb.widget("chat_widget(ChatBot(")
+    nb, view, _ = _run_to_widget(notebook, "08_applications.ipynb", "chat_widget(ChatBot(", picture=False)
     box = view.locator("input[type=text], .widget-text input").first
     box.fill("Привет! Как дела?", timeout=UI_TIMEOUT_MS)
     conversation = view.locator(".widget-html").first

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from .attention import KVCache, causal_mask, combine_masks
 from .gpt import GPT, CausalLMOutput
 from .intro import SentenceEncoder, mean_pool
-from .objectives import IGNORE_INDEX, perplexity, sequential_blocks
+from .objectives import IGNORE_INDEX, _check_positive_int, perplexity, sequential_blocks
 from .training import estimate_loss
 
 __all__ = [
@@ -77,14 +77,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Input checks
 # --------------------------------------------------------------------------------------------
-
-
-def _check_int(name: str, value: object, minimum: int = 1, hint: str = "") -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}{hint}")
-    return value
 
 
 def _context_length(model: nn.Module) -> int | None:
@@ -125,7 +117,7 @@ def _check_window(model: nn.Module, window: int | None) -> int:
         if context is None:
             raise ValueError("the model's config has no n_positions / max_position_embeddings: pass window=")
         return context
-    _check_int("window", window, minimum=2, hint=" (a window needs one token to read and one to predict)")
+    _check_positive_int("window", window, minimum=2, hint=" (a window needs one token to read and one to predict)")
     if context is not None and window > context:
         raise ValueError(f"window={window} is larger than the model's context ({context} tokens): the model "
                          f"has no position embeddings past {context}; use window <= {context}")
@@ -165,9 +157,9 @@ def strided_windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, 
     the last window is moved back to full length (its tokens get full context and every window has the
     same length, so they batch without padding). Every token 1..n_tokens-1 is a target exactly once.
     """
-    n_tokens = _check_int("n_tokens", n_tokens, minimum=2, hint=" (one token to read, one to predict)")
-    window = _check_int("window", window, minimum=2, hint=" (a window needs one token to read and one to predict)")
-    stride = _check_int("stride", stride)
+    n_tokens = _check_positive_int("n_tokens", n_tokens, minimum=2, hint=" (one token to read, one to predict)")
+    window = _check_positive_int("window", window, minimum=2, hint=" (a window needs one token to read and one to predict)")
+    stride = _check_positive_int("stride", stride)
     if stride >= window:
         raise ValueError(
             f"stride={stride} must be smaller than window={window}: each window's first token has no context "
@@ -239,7 +231,7 @@ def strided_perplexity(
     """
     window = _check_window(model, window)
     stride = window // 2 if stride is None else stride
-    batch_size = _check_int("batch_size", batch_size)
+    batch_size = _check_positive_int("batch_size", batch_size)
     ids = _as_stream(input_ids, getattr(getattr(model, "config", None), "vocab_size", None))
     plan = strided_windows(ids.numel(), window, stride)  # checks stride < window
     nats, contexts = _target_losses(model, ids, plan, batch_size)
@@ -262,7 +254,7 @@ def naive_chunk_perplexity(
     Returns ``{"loss", "perplexity", "tokens", "windows", "tokens_processed"}``.
     """
     window = _check_window(model, window)
-    batch_size = _check_int("batch_size", batch_size)
+    batch_size = _check_positive_int("batch_size", batch_size)
     ids = _as_stream(input_ids, getattr(getattr(model, "config", None), "vocab_size", None))
     batches = list(sequential_blocks(ids, batch_size, window))
     metrics = estimate_loss(model, batches)
@@ -291,7 +283,7 @@ def sliding_window_mask(
                                      [0, 0, 1, 1, 0],
                                      [0, 0, 0, 1, 1]]
     """
-    window = _check_int("window", window, hint=" (a query must at least see itself)")
+    window = _check_positive_int("window", window, hint=" (a query must at least see itself)")
     causal = causal_mask(query_length, device, key_length=key_length)  # checks the lengths
     offset = causal.shape[1] - causal.shape[0]  # query i sits at position offset + i
     too_old = torch.ones_like(causal).tril(diagonal=offset - window)  # keys j <= position - window
@@ -319,7 +311,7 @@ class SlidingWindowGPT(nn.Module):
         if not isinstance(model, GPT):
             raise TypeError(f"SlidingWindowGPT wraps the course's llm_course.gpt.GPT, got {type(model).__name__}; "
                             "for a transformers GPT2LMHeadModel use GPT.from_hf(model)")
-        self.window = _check_int("window", window, hint=" (a query must at least see itself)")
+        self.window = _check_positive_int("window", window, hint=" (a query must at least see itself)")
         self.model = model
         self.config = model.config  # so context_length(...) and the attention explorer see the context
 
@@ -388,9 +380,9 @@ def document_chunks(n_tokens: int, chunk_length: int, stride: int) -> list[tuple
     shorter). ``stride == chunk_length``: the chunks tile the text; ``stride < chunk_length``:
     neighbours share ``chunk_length - stride`` tokens. ``stride > chunk_length`` would skip tokens: an error.
     """
-    n_tokens = _check_int("n_tokens", n_tokens)
-    chunk_length = _check_int("chunk_length", chunk_length)
-    stride = _check_int("stride", stride)
+    n_tokens = _check_positive_int("n_tokens", n_tokens)
+    chunk_length = _check_positive_int("chunk_length", chunk_length)
+    stride = _check_positive_int("stride", stride)
     if stride > chunk_length:
         raise ValueError(f"stride={stride} is larger than the chunk ({chunk_length} tokens): the "
                          f"{stride - chunk_length} tokens between two chunks would never be read; "
@@ -432,11 +424,11 @@ def long_document_embedding(
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     context = encoder.model.config.max_position_embeddings
-    chunk_tokens = _check_int("chunk_tokens", chunk_tokens, minimum=3, hint=" ([CLS], at least one token, [SEP])")
+    chunk_tokens = _check_positive_int("chunk_tokens", chunk_tokens, minimum=3, hint=" ([CLS], at least one token, [SEP])")
     if chunk_tokens > context:
         raise ValueError(f"chunk_tokens={chunk_tokens} is larger than the encoder's context ({context} tokens); "
                          f"use chunk_tokens <= {context} (256 is what all-MiniLM-L6-v2 was trained on)")
-    batch_size = _check_int("batch_size", batch_size)
+    batch_size = _check_positive_int("batch_size", batch_size)
     tok = encoder.tokenizer
     ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]
     if not ids:

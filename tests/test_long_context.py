@@ -163,30 +163,22 @@ def test_strided_windows_example_from_the_docstring():
     assert strided_windows(5, 8, 3) == [(0, 5, 1)]  # shorter than the window: one pass
 
 
-def test_strided_perplexity_bad_input(gpt):
-    ids = _ids(30)
-    with pytest.raises(ValueError, match="stride=9 must be smaller than window=8"):
-        strided_perplexity(gpt, ids, 8, 9)
-    with pytest.raises(ValueError, match="stride=8 must be smaller than window=8"):
-        strided_perplexity(gpt, ids, 8, 8)
-    with pytest.raises(ValueError, match="larger than the model's context"):
-        strided_perplexity(gpt, ids, 17, 4)
-    with pytest.raises(ValueError, match="larger than the model's context"):
-        naive_chunk_perplexity(gpt, ids, 32)
-    with pytest.raises(ValueError, match="stride must be >= 1"):
-        strided_perplexity(gpt, ids, 8, 0)
-    with pytest.raises(ValueError, match="window must be >= 2"):
-        strided_perplexity(gpt, ids, 1, 1)
-    with pytest.raises(TypeError, match="window must be an int"):
-        strided_perplexity(gpt, ids, 8.0, 4)
-    with pytest.raises(ValueError, match="at least 2"):
-        strided_perplexity(gpt, ids[:1], 8, 4)
-    with pytest.raises(TypeError, match="tokenize it first"):
-        strided_perplexity(gpt, "some text", 8, 4)
-    with pytest.raises(ValueError, match="outside the model's vocabulary"):
-        strided_perplexity(gpt, torch.tensor([1, 2, V]), 8, 4)
-    with pytest.raises(ValueError, match="one text"):
-        strided_perplexity(gpt, ids.view(2, 15), 8, 4)
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m, ids: strided_perplexity(m, ids, 8, 9), ValueError, "stride=9 must be smaller than window=8"),
+    (lambda m, ids: strided_perplexity(m, ids, 8, 8), ValueError, "stride=8 must be smaller than window=8"),
+    (lambda m, ids: strided_perplexity(m, ids, 17, 4), ValueError, "larger than the model's context"),
+    (lambda m, ids: naive_chunk_perplexity(m, ids, 32), ValueError, "larger than the model's context"),
+    (lambda m, ids: strided_perplexity(m, ids, 8, 0), ValueError, "stride must be >= 1"),
+    (lambda m, ids: strided_perplexity(m, ids, 1, 1), ValueError, "window must be >= 2"),
+    (lambda m, ids: strided_perplexity(m, ids, 8.0, 4), TypeError, "window must be an int"),
+    (lambda m, ids: strided_perplexity(m, ids[:1], 8, 4), ValueError, "at least 2"),
+    (lambda m, ids: strided_perplexity(m, "some text", 8, 4), TypeError, "tokenize it first"),
+    (lambda m, ids: strided_perplexity(m, torch.tensor([1, 2, V]), 8, 4), ValueError, "outside the model's vocabulary"),
+    (lambda m, ids: strided_perplexity(m, ids.view(2, 15), 8, 4), ValueError, "one text"),
+])
+def test_strided_perplexity_bad_input(gpt, call, error, message):
+    with pytest.raises(error, match=message):
+        call(gpt, _ids(30))
 
 
 def test_default_window_is_the_context_and_default_stride_half_of_it(gpt):

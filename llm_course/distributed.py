@@ -45,7 +45,12 @@ What each piece does, in the order ``train_data_parallel`` runs them:
 6. ``clip_grad_norm_`` and AdamW (``configure_optimizer``, ``lr_at`` from chapter 04): the gradient is
    already the same on every rank, so each computes the same norm and the same update.
 7. The logged loss is the global mean (``all_reduce`` of the per-rank sums of nats); rank 0 writes the
-   per-step records to ``--out`` (JSON), and the process group is destroyed at the end.
+   per-step records to ``--out`` (JSON); a barrier waits for every rank, then the process group is
+   destroyed and each torchrun rank ends at once (``_exit_worker`` says why).
+
+``launch(nproc, args)`` runs this module from Python (the notebook and the tests use it): torchrun with
+every rank's output kept in its own file, a time limit that stops all the processes, and a
+``DistributedRunError`` that names the rank that failed, how, and shows every rank's stderr.
 
 Data: ``--data synthetic`` (default, instant) is a seeded stream from a random first-order Markov chain
 over ``--vocab-size`` tokens, each token followed by one of ``--branching`` successors: the loss falls from
@@ -64,7 +69,11 @@ import datetime
 import json
 import math
 import os
+import re
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -94,6 +103,8 @@ __all__ = [
     "global_batch_at",
     "pick_device_and_backend",
     "train_data_parallel",
+    "DistributedRunError",
+    "launch",
     "notes",
     "main",
 ]
@@ -477,10 +488,193 @@ def train_data_parallel(
                 Path(out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
             if save_dir is not None:
                 raw_model.save_pretrained(save_dir)
+        if backend is not None:
+            # Every rank has finished every collective (and rank 0 has written its files) before any rank
+            # starts tearing down: no process closes its connections while another still uses them.
+            dist.barrier()
         return result
     finally:
         if backend is not None and dist.is_initialized():
             dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------------
+# Launching: torchrun from Python, with every rank's own output kept
+# --------------------------------------------------------------------------------------------
+
+
+class DistributedRunError(RuntimeError):
+    """A launched run failed or timed out. Chapter 09 (best practices).
+
+    The message names what happened (which rank ended how, a likely cause where one is recognised) and
+    ends with every rank's own stderr; ``returncode``, ``rank_logs`` (rank -> its stderr text) and
+    ``log_dir`` are kept as attributes.
+    """
+
+    def __init__(self, message: str, returncode: int | None, rank_logs: dict[int, str], log_dir: Path | None):
+        super().__init__(message)
+        self.returncode, self.rank_logs, self.log_dir = returncode, rank_logs, log_dir
+
+
+_SIGNALS = {-int(s): s.name for s in (signal.SIGABRT, signal.SIGKILL, signal.SIGSEGV, signal.SIGTERM,
+                                      signal.SIGBUS, signal.SIGINT)}
+# What a rank's stderr says -> what to tell the student.
+_KNOWN_CAUSES = [
+    (r"address already in use|EADDRINUSE", "a network port the run needs is taken by another program: wait a "
+     "moment and run it again, or find the program with `ss -ltnp`"),
+    (r"Connection (reset|closed) by peer|Connection refused", "a rank lost its connection to another one "
+     "(that rank died first: look at its output above)"),
+    (r"out of memory|Cannot allocate memory|MemoryError", "a rank ran out of memory: use a smaller "
+     "--global-batch or --block-size, or fewer processes"),
+    (r"Timed out|timed out|DistBackendError.*timeout", "a rank waited longer than --timeout-s for the others: "
+     "one of them is stuck or much slower"),
+]
+
+
+def _rank_logs(log_dir: Path) -> dict[int, str]:
+    """Each rank's stderr from torchrun's ``--log-dir`` (``<run id>/attempt_<k>/<rank>/stderr.log``)."""
+    logs: dict[int, str] = {}
+    for path in sorted(log_dir.glob("*/attempt_*/*/stderr.log")):
+        if path.parent.name.isdigit():
+            logs[int(path.parent.name)] = path.read_text(encoding="utf-8", errors="replace")
+    return logs
+
+
+def _rank_stdout(log_dir: Path, rank: int) -> str:
+    paths = sorted(log_dir.glob(f"*/attempt_*/{rank}/stdout.log"))
+    return paths[-1].read_text(encoding="utf-8", errors="replace") if paths else ""
+
+
+def _describe_failure(nproc: int, returncode: int | None, launcher_output: str, rank_logs: dict[int, str],
+                      tail_chars: int) -> str:
+    """One message: how each failed rank ended, a recognised cause, then every rank's own stderr."""
+    if returncode is None:
+        head = f"the {nproc}-process run did not finish in time and was stopped"
+    elif nproc == 1:
+        how = _SIGNALS.get(returncode, f"exit code {returncode}")
+        head = f"the 1-process run failed ({how})"
+    else:
+        # torchrun's summary lists each failed rank ("rank : 1 (local_rank: 1)" then "exitcode : -6 (pid: 123)")
+        # and, last, the "Root Cause (first observed failure)": that one is named first.
+        pattern = r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)"
+        _, _, root_part = launcher_output.rpartition("Root Cause")
+        root = re.findall(pattern, root_part)[:1]
+        ended = {r: int(c) for r, c in re.findall(pattern, launcher_output)}
+
+        def how(code: int) -> str:
+            return f"was killed by {_SIGNALS[code]}" if code in _SIGNALS else f"exited with code {code}"
+
+        words = [f"rank {r} {how(int(c))} first" for r, c in root]
+        words += [f"rank {r} {how(c)}" + (" (stopped by torchrun after that)" if root and c == -15 else "")
+                  for r, c in ended.items() if not root or r != root[0][0]]
+        head = f"the {nproc}-process run failed: " + ("; ".join(words) or f"torchrun exited with code {returncode}")
+    text = launcher_output + "\n".join(rank_logs.values())
+    causes = [why for pattern, why in _KNOWN_CAUSES if re.search(pattern, text)]
+    own_errors = [ln for ln in text.splitlines() if re.match(r"(\[rank \d+\] )?error: ", ln)]
+    parts = [head + "."]
+    if own_errors:
+        parts.append("The script said:\n" + "\n".join(dict.fromkeys(own_errors)))
+    if causes:
+        parts.append("Likely cause: " + "; ".join(causes) + ".")
+    for rank, log in sorted(rank_logs.items()):
+        parts.append(f"--- rank {rank} stderr (last {tail_chars} characters) ---\n{log[-tail_chars:].strip() or '(empty)'}")
+    if not rank_logs:
+        parts.append(f"--- output (last {tail_chars} characters) ---\n{launcher_output[-tail_chars:].strip()}")
+    return "\n".join(parts)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The pids of every process below ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(command name)": state, ppid, ...
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a launch that ran out of time: torchrun and every rank, which torchrun starts in sessions of
+    their own (so one ``killpg`` does not reach them). SIGTERM first (torchrun then stops its ranks), then
+    SIGKILL to whatever is left."""
+    ranks = _descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    left = [*ranks, *_descendants(proc.pid)] + ([proc.pid] if proc.poll() is None else [])
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def launch(
+    nproc: int,
+    args: Sequence[str],
+    *,
+    timeout_s: float = 300.0,
+    log_dir: str | Path | None = None,
+    threads_per_process: int = 1,
+    tail_chars: int = 2000,
+    module: str = "llm_course.distributed",
+) -> str:
+    """Run ``llm_course.distributed`` with ``args`` on ``nproc`` processes; returns rank 0's stdout. Chapter 09.
+
+    ``nproc == 1``: one plain ``python -m llm_course.distributed`` process. ``nproc > 1``: ``torchrun
+    --standalone`` (its rendezvous binds a free port itself) with ``--log-dir`` and ``--redirects 3``, so
+    every rank's stdout and stderr are kept in their own files under ``log_dir`` (a temporary folder if
+    None). The launch runs in its own process session: past ``timeout_s`` seconds the launcher *and* all
+    its ranks are killed, nothing is left running. ``threads_per_process`` sets ``OMP_NUM_THREADS`` (2
+    processes on 2 cores: 1 each). Any torchrun variables of the calling process (a notebook started under
+    torchrun) are not passed on. ``module``: another script to launch the same way (``python -m module``).
+
+    A failure raises ``DistributedRunError``: which rank ended how (exit code or signal), the script's
+    own ``error:`` lines, a likely cause where one is recognised (a port taken, a rank out of memory,
+    a lost peer, a timeout), then each rank's stderr (the last ``tail_chars`` characters).
+    """
+    for name, value in (("nproc", nproc), ("threads_per_process", threads_per_process)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+    if isinstance(args, (str, bytes)):
+        raise TypeError("args must be a list of command-line words, e.g. ['--steps', '8']")
+    logs = Path(tempfile.mkdtemp(prefix="llm_course_ddp_") if log_dir is None else log_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+        raise ValueError(f"module must be a dotted module name like 'llm_course.distributed', got {module!r}")
+    module_args = ["-m", module, *map(str, args)]
+    if nproc == 1:
+        command = [sys.executable, *module_args]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "--log-dir", str(logs), "--redirects", "3", *module_args]
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env["OMP_NUM_THREADS"] = str(threads_per_process)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)  # the launcher and its ranks: one process group to stop
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+        returncode: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        output, _ = proc.communicate()
+        returncode = None
+    rank_logs = _rank_logs(logs) if nproc > 1 else {}
+    if returncode != 0:
+        raise DistributedRunError(_describe_failure(nproc, returncode, output, rank_logs, tail_chars),
+                                  returncode, rank_logs, logs if nproc > 1 else None)
+    return output if nproc == 1 else _rank_stdout(logs, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,5 +798,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _exit_worker(code: int) -> None:
+    """End a torchrun rank at once, after flushing its output, without the interpreter's teardown.
+
+    Why: DDP keeps the gloo process group alive after ``destroy_process_group`` (its two worker threads
+    and its TCP loop thread are still running, measured by listing the process's threads), so they are
+    torn down during the interpreter's own teardown, after ``atexit``. There, about one run in 15-25 on a
+    2-core machine aborted with "terminate called without an active exception" (SIGABRT), after the
+    run had finished and written its results (chapter 09's flaky test, issue 23). ``os._exit`` ends the
+    process with its threads in one step, once every rank has passed the barrier at the end of
+    ``train_data_parallel`` and the results are on disk.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _code = main()
+    if all(k in os.environ for k in TORCHRUN_ENV):  # a rank started by torchrun
+        _exit_worker(_code)
+    sys.exit(_code)

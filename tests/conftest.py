@@ -1,7 +1,50 @@
 """Fixtures shared by the library tests."""
 
+import time
+
 import pytest
 import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_processes_left_behind(request):
+    """Every test file must stop the processes it starts: servers (JupyterLab), Ray, torchrun and its
+    ranks, browsers. After the file's last test, a process started during the file that is still running
+    30 s later is killed, and the file fails with its name and command line, so no test can depend on
+    (or be slowed down by) what an earlier file left running."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a test dependency
+        yield
+        return
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+
+    def left() -> list:
+        alive = []
+        for proc in me.children(recursive=True):
+            try:
+                if proc.pid not in before and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc)
+            except psutil.Error:
+                pass
+        return alive
+
+    yield
+    deadline = time.monotonic() + 30
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stray = left()
+    if stray:
+        described = []
+        for proc in stray:
+            try:
+                described.append(f"pid {proc.pid}: {' '.join(proc.cmdline())[:200]}")
+                proc.kill()
+            except psutil.Error:
+                pass
+        pytest.fail(f"{request.node.name} left {len(stray)} process(es) running (now killed):\n"
+                    + "\n".join(described), pytrace=False)
 
 
 @pytest.fixture

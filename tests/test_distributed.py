@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,10 @@ from llm_course.distributed import (
     TORCHRUN_ENV,
     DataParallelConfig,
     DistEnv,
+    DistributedRunError,
     check_sharding,
     global_batch_at,
+    launch,
     main,
     notes,
     pick_device_and_backend,
@@ -200,29 +201,13 @@ def test_one_process_matches_the_chapter_04_loop(no_torchrun_env):
     assert ours["losses"][-1] < ours["losses"][0] - 0.05  # it learns
 
 
-def _launch(args: list[str], nproc: int, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """torchrun on the CPU; the whole process group is killed if it runs past ``timeout``."""
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "llm_course.distributed", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        stdout, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and its workers share the new session
-        proc.communicate()
-        pytest.fail(f"torchrun with {nproc} processes did not finish in {timeout:.0f} s")
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, "")
-
-
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                     reason="this torch build has no torch.distributed / gloo backend")
 def test_two_processes_match_one(no_torchrun_env, tmp_path):
-    run = _launch(CLI_ARGS + ["--backend", "gloo", "--timeout-s", "60", "--out", str(tmp_path / "ddp2.json"),
-                              "--save-dir", str(tmp_path / "ddp2")], nproc=2)
-    assert run.returncode == 0, run.stdout[-3000:]
+    # launch() raises DistributedRunError with every rank's stderr if the run fails or passes 120 s.
+    stdout = launch(2, CLI_ARGS + ["--backend", "gloo", "--timeout-s", "60", "--out", str(tmp_path / "ddp2.json"),
+                                   "--save-dir", str(tmp_path / "ddp2")], timeout_s=120, log_dir=tmp_path / "logs")
+    assert stdout.startswith("2 process(es), gloo on cpu"), stdout
     two = json.loads((tmp_path / "ddp2.json").read_text())
     assert two["world_size"] == 2 and two["backend"] == "gloo" and two["per_rank_batch"] == 2
 
@@ -238,3 +223,97 @@ def test_two_processes_match_one(no_torchrun_env, tmp_path):
     # The comparison can fail: one process on a rank's share of the batch (2 sequences) is another run.
     half = train_data_parallel(DataParallelConfig(**{**TINY, "global_batch": 2}), train_cfg)
     assert max(abs(a - b) for a, b in zip(half["losses"], two["losses"])) > 1e-2
+
+
+# --------------------------------------------------------------------------------------------
+# launch(): every rank's output kept, a clear error, nothing left running
+# --------------------------------------------------------------------------------------------
+
+# A stand-in for a training script, launched the same way: rank 1 writes a line and aborts (as a rank that
+# dies in C++ does), the other ranks wait. Each rank records its pid so the test can check none survives.
+PROBE = """
+import os, sys, time
+from pathlib import Path
+rank, mode = int(os.environ.get("RANK", "0")), sys.argv[1]
+Path(sys.argv[2], f"pid{rank}").write_text(str(os.getpid()))
+if mode == "abort" and rank == 1:
+    print("probe: rank 1 is about to abort", file=sys.stderr, flush=True)
+    os.abort()
+if mode == "port" and rank == 0:
+    print("RuntimeError: The server socket has failed to listen on any local network address. "
+          "port: 29500, useIpv6: false, code: -98, name: EADDRINUSE, message: address already in use",
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+print(f"probe: rank {rank} done", flush=True)
+if mode in ("abort", "hang"):
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def probe(tmp_path, monkeypatch):
+    (tmp_path / "ddp_probe.py").write_text(PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    return tmp_path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")  # a zombie (exited, not yet reaped by its parent) is not running
+    return not (status.exists() and "\tZ" in status.read_text().split("State:")[1][:4])
+
+
+def _pids(folder: Path) -> list[int]:
+    return [int(p.read_text()) for p in sorted(folder.glob("pid*"))]
+
+
+def test_launch_names_the_rank_that_died_and_shows_its_own_output(probe):
+    with pytest.raises(DistributedRunError) as info:
+        launch(2, ["abort", str(probe)], module="ddp_probe", log_dir=probe / "logs", timeout_s=120)
+    message = str(info.value)
+    assert "rank 1 was killed by SIGABRT first" in message, message
+    assert "--- rank 1 stderr" in message and "probe: rank 1 is about to abort" in message
+    assert "rank 0" in message and "stopped by torchrun" in message  # the waiting rank was stopped, and says so
+    assert info.value.returncode not in (0, None) and "about to abort" in info.value.rank_logs[1]
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in _pids(probe)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_pids(probe)) == 2 and not any(_alive(pid) for pid in _pids(probe))
+
+
+def test_launch_stops_every_process_past_its_time_limit(probe):
+    t0 = time.monotonic()
+    with pytest.raises(DistributedRunError, match="did not finish in time and was stopped"):
+        launch(2, ["hang", str(probe)], module="ddp_probe", log_dir=probe / "logs", timeout_s=20)
+    assert time.monotonic() - t0 < 60
+    time.sleep(0.5)
+    assert len(_pids(probe)) == 2 and not any(_alive(pid) for pid in _pids(probe))
+
+
+def test_launch_recognises_a_taken_port(probe):
+    with pytest.raises(DistributedRunError, match="a network port the run needs is taken"):
+        launch(2, ["port", str(probe)], module="ddp_probe", log_dir=probe / "logs", timeout_s=120)
+
+
+def test_launch_reports_the_scripts_own_error_first(no_torchrun_env, tmp_path):
+    with pytest.raises(DistributedRunError) as info:
+        launch(2, CLI_ARGS[:2] + ["--global-batch", "5"], log_dir=tmp_path, timeout_s=120)
+    message = str(info.value)
+    assert "The script said:" in message and "not divisible by the world size" in message
+    assert message.index("The script said:") < message.index("--- rank 0 stderr")
+    one = launch(1, CLI_ARGS + ["--out", str(tmp_path / "one.json")], timeout_s=120)
+    assert one.startswith("1 process(es), no process group on cpu")
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    (dict(nproc=0, args=[]), "nproc must be a positive integer"),
+    (dict(nproc=2, args="--steps 3"), "list of command-line words"),
+    (dict(nproc=2, args=[], timeout_s=0), "timeout_s must be > 0"),
+    (dict(nproc=2, args=[], module="x; rm -rf /"), "dotted module name"),
+])
+def test_launch_bad_arguments(kwargs, error):
+    with pytest.raises((TypeError, ValueError), match=error):
+        launch(**kwargs)

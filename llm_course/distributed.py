@@ -801,13 +801,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _exit_worker(code: int) -> None:
     """End a torchrun rank at once, after flushing its output, without the interpreter's teardown.
 
-    Why: DDP keeps the gloo process group alive after ``destroy_process_group`` (its two worker threads
-    and its TCP loop thread are still running, measured by listing the process's threads), so they are
-    torn down during the interpreter's own teardown, after ``atexit``. There, about one run in 15-25 on a
-    2-core machine aborted with "terminate called without an active exception" (SIGABRT), after the
-    run had finished and written its results (chapter 09's flaky test, issue 23). ``os._exit`` ends the
-    process with its threads in one step, once every rank has passed the barrier at the end of
-    ``train_data_parallel`` and the results are on disk.
+    Why (chapter 09's flaky test, issue 23): DDP's gradient all-reduce runs on gloo's worker threads
+    (``pt_gloo_runloop``), and each finished piece of work holds a copy of autograd's thread-local state,
+    which holds Python objects. Whichever thread drops the work last must take the GIL to release them.
+    ``destroy_process_group`` does not stop these threads while DDP's reducer still references the group
+    (they are still listed in ``/proc/self/task`` after it). If a gloo thread drops a work while the main
+    thread is already in the interpreter's teardown (``Py_FinalizeEx``), CPython ends that thread with
+    ``pthread_exit``; its unwinding meets a ``noexcept`` C++ destructor and calls ``std::terminate``:
+    "terminate called without an active exception", SIGABRT, after the run had finished and written its
+    results. A core dump shows exactly that stack (``~AsyncAllreduceWork`` -> ``~ThreadLocalState`` ->
+    ``gil_scoped_acquire`` -> ``take_gil`` -> ``PyThread_exit_thread`` -> ``std::terminate``); it hit about
+    one 2-process run in 10-25 on a quiet 2-core machine. ``os._exit`` ends the process, threads and all,
+    without that teardown, once every rank has passed the barrier at the end of ``train_data_parallel``
+    and the results are on disk.
     """
     sys.stdout.flush()
     sys.stderr.flush()

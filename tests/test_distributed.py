@@ -317,3 +317,19 @@ def test_launch_reports_the_scripts_own_error_first(no_torchrun_env, tmp_path):
 def test_launch_bad_arguments(kwargs, error):
     with pytest.raises((TypeError, ValueError), match=error):
         launch(**kwargs)
+
+
+def test_torchrun_ranks_end_without_the_interpreters_teardown(no_torchrun_env, tmp_path, monkeypatch):
+    """The fix for the flaky DDP run (see ``_exit_worker``): ranks end with os._exit after the barrier, so
+    gloo's threads are never asked to take the GIL during Py_FinalizeEx. An atexit hook, installed in every
+    Python process of the launch through sitecustomize, runs in torchrun itself but in no rank."""
+    hooks = tmp_path / "site"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import atexit, os\n"
+        f"atexit.register(lambda: open(os.path.join({str(tmp_path)!r}, 'atexit_' + os.environ.get('RANK', 'launcher')), 'w').close())\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), str(REPO)]))
+    launch(2, CLI_ARGS + ["--out", str(tmp_path / "ddp2.json")], log_dir=tmp_path / "logs", timeout_s=120)
+    assert json.loads((tmp_path / "ddp2.json").read_text())["world_size"] == 2
+    assert (tmp_path / "atexit_launcher").exists()  # the hook works ...
+    assert not list(tmp_path.glob("atexit_[0-9]"))  # ... and no rank ran the interpreter's teardown

@@ -225,8 +225,9 @@ def scaled_dot_product_attention(
     defaults to 1/sqrt(D) (T5 uses 1.0). ``dropout_p`` drops attention weights (pass 0 in eval mode).
 
     A query that may attend to no key at all (a padding position in a left-padded batch under a causal
-    mask) gets all-zero weights and a zero output, which is what PyTorch's fused kernel returns, instead
-    of the NaN that softmax of an all -inf row would give.
+    mask) gets all-zero weights and a zero output instead of the NaN that softmax of an all -inf row
+    would give. PyTorch's kernels return zeros there too since torch 2.5 (NaN on 2.4);
+    ``fast_scaled_dot_product_attention`` returns zeros on every version.
     """
     _check_qkv_and_mask(q, k, v, attn_mask, is_causal)
     if is_causal:
@@ -271,9 +272,21 @@ def fast_scaled_dot_product_attention(
     _check_qkv_and_mask(q, k, v, attn_mask, is_causal)
     if is_causal and attn_mask is not None:
         attn_mask, is_causal = _merge_causal(attn_mask, q, k), False
+    # Queries that may see no key: PyTorch >= 2.5 returns zeros for them (pytorch/pytorch#133882),
+    # torch 2.4 returns NaN, which then spreads through the next layer. Let such a row see every key
+    # (so no kernel divides by zero, forward or backward) and zero its output, on every version.
+    empty = None
+    if attn_mask is not None:
+        nothing = ~attn_mask.any(-1, keepdim=True) if attn_mask.dtype == torch.bool else (
+            torch.isneginf(attn_mask).all(-1, keepdim=True))
+        if bool(nothing.any()):
+            empty = nothing
+            attn_mask = attn_mask | nothing if attn_mask.dtype == torch.bool else attn_mask.masked_fill(nothing, 0.0)
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
     return out, None
 
 

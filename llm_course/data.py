@@ -11,7 +11,9 @@ installed:
    ``import this`` prints a poem, ``tkinter`` wants a display).
 2. **Dialogs** (``load_dialogs``, ``dialogs_text``, ``topic_dataset``): the YAML
    conversations of the ``chatterbot-corpus`` package, in English, Russian and two dozen
-   other languages; ``topic_dataset`` labels English ones with four topics.
+   other languages; ``topic_dataset`` labels English ones with four topics;
+   ``cyrillic_token_cost`` / ``latin_token_cost`` measure what a tokenizer pays per letter of
+   Russian / English on them (multilinguality).
 3. **Synthetic tasks** (``make_task``, ``TASKS``): copy / reverse / sort / arithmetic /
    case / word-count examples whose answers are computed, so a model's output can be
    checked exactly (``check``).
@@ -69,6 +71,8 @@ __all__ = [
     "dialog_categories",
     "load_dialogs",
     "dialogs_text",
+    "cyrillic_token_cost",
+    "latin_token_cost",
     "LabeledText",
     "TOPIC_CATEGORIES",
     "topic_dataset",
@@ -628,6 +632,65 @@ def dialogs_text(
     removed, so a blank line always means a new dialog.
     """
     return "\n\n".join(_dialog_block(d) for d in load_dialogs(language, categories, unique))
+
+
+# The letters whose cost a tokenizer is measured on. Cyrillic: the letters of Unicode's Cyrillic block
+# U+0400-U+04FF (Russian а-я, А-Я, ё, Ё and the other Cyrillic alphabets' letters), without its sign
+# U+0482 and combining marks U+0483-U+0489. Latin: the 52 ASCII letters.
+_CYRILLIC_WORD = re.compile("[\u0400-\u0481\u048a-\u04ff]+")
+_LATIN_WORD = re.compile("[A-Za-z]+")
+
+
+def _tokens_per_letter(tokenizer: object, text: str, word_re: re.Pattern, script: str) -> float:
+    """Tokens per letter of ``text``'s words written in one script (see ``cyrillic_token_cost``)."""
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise TypeError(
+            f"tokenizer must have an encode(text) method (the course's ByteLevelBPETokenizer, a transformers "
+            f"tokenizer or a tokenizers.Tokenizer), got {type(tokenizer).__name__}"
+        )
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}")
+    words = word_re.findall(text)
+    if not words:
+        raise ValueError(
+            f"the text has no {script} letters to measure; pass a text written in {script} "
+            f"(or text=None for the {script} chatterbot dialogs)"
+        )
+    from .classification import _encode  # ids without special tokens, for any tokenizer (lazy: no cycle)
+
+    return len(_encode(tokenizer, " ".join(words))) / sum(map(len, words))
+
+
+def cyrillic_token_cost(tokenizer: object, text: str | None = None) -> float:
+    """Tokens per Cyrillic character: what Russian costs a tokenizer. Chapter 01 (multilinguality).
+
+    The text (default: the Russian ``chatterbot-corpus`` dialogs, ``dialogs_text("russian")``) is
+    reduced to its Cyrillic words: maximal runs of Cyrillic letters (Unicode's Cyrillic block,
+    U+0400-U+04FF, less the sign and combining marks U+0482-U+0489; so Russian а-я, А-Я, ё, Ё). The
+    words are joined with single spaces and encoded once, without special tokens; the result is
+    ``tokens / letters``. Digits, punctuation, Latin letters and line breaks are left out, so the
+    figure is about Cyrillic alone; the spaces are in the text (a word-initial space is merged into
+    the word's first token, as in running text) but not in the letter count.
+
+    Every Cyrillic letter is two UTF-8 bytes, so a byte-level tokenizer that learned no Cyrillic
+    merges pays 2.00 tokens per Cyrillic character; one that holds every word whole pays
+    1 / (mean word length), about 0.2. Compare ``latin_token_cost`` on English text. Works with the
+    course's ``ByteLevelBPETokenizer``, a transformers tokenizer or a ``tokenizers.Tokenizer``.
+
+    Example: with a byte-level tokenizer without merges, ``"да, нет!"`` -> ``"да нет"`` = 11 bytes,
+    11 tokens for 5 letters: 2.2.
+    """
+    return _tokens_per_letter(tokenizer, dialogs_text("russian") if text is None else text, _CYRILLIC_WORD,
+                              "Cyrillic")
+
+
+def latin_token_cost(tokenizer: object, text: str | None = None) -> float:
+    """Tokens per Latin letter, the English counterpart of ``cyrillic_token_cost``. Chapter 01.
+
+    The same measure on the words of ASCII letters (A-Z, a-z) of ``text`` (default: the English
+    ``chatterbot-corpus`` dialogs, ``dialogs_text("english")``). Its inverse is letters per token.
+    """
+    return _tokens_per_letter(tokenizer, dialogs_text("english") if text is None else text, _LATIN_WORD, "Latin")
 
 
 # The four topics of the manual's classification example (section 8: "спорт", "политика",

@@ -2,8 +2,8 @@
 
 Three parts:
 
-1. **Full fine-tuning with Hugging Face's ``Trainer``** (``trainer_finetune``), written against
-   transformers 5.x: evaluation every ``eval_steps`` on a held-out set, a checkpoint at each
+1. **Full fine-tuning with Hugging Face's ``Trainer``** (``trainer_finetune``; its ``TrainingArguments``
+   from ``training_arguments``), valid on every transformers the course allows (4.50 to 5.x): evaluation every ``eval_steps`` on a held-out set, a checkpoint at each
    evaluation, the best one (lowest ``eval_loss``) loaded back at the end, early stopping when the
    held-out loss stops improving, and a data collator that makes the labels. ``lm_examples`` turns
    plain text into equal-length blocks for it; instruction data (chapter 05's prompt/answer
@@ -29,11 +29,13 @@ Three parts:
    + 8N (AdamW) = 16N bytes before a single activation: LoRA keeps the 4N of weights and shrinks
    the other 12N to the adapter's size; QLoRA shrinks the weights as well.
 
-Where the manual goes wrong (ERRATA section 5): ``TrainingArguments(evaluation_strategy=...)`` no
-longer exists (``eval_strategy``); ``Trainer(tokenizer=...)`` became ``processing_class=``;
-evaluation is requested with no eval dataset; there is no data collator, so the batches have no
-labels and the model no loss. ``demonstrate_manual_errors`` shows each failure as transformers
-reports it.
+Where the manual goes wrong (ERRATA section 5): ``TrainingArguments(evaluation_strategy=...)`` is
+gone since transformers 4.51 (``eval_strategy``); ``Trainer(tokenizer=...)`` became ``processing_class=``
+(a FutureWarning on 4.46-4.57, an error on 5); ``logging_dir`` is gone in 5; evaluation is requested
+with no eval dataset; ``padding=True`` on GPT-2's pad-less tokenizer; an undefined ``dataset``; no data
+collator, so the batches have no labels and the model no loss. ``demonstrate_manual_errors`` runs each
+piece on the installed transformers and records what happens, next to the versions it fails on
+(``fails_since``; ``manual_error_expected`` compares the two).
 
 Notebook use::
 
@@ -93,10 +95,13 @@ __all__ = [
     # Trainer fine-tuning
     "ExampleDataset",
     "lm_examples",
+    "training_arguments",
     "trainer_finetune",
     "trainer_history",
     # the manual's code
     "demonstrate_manual_errors",
+    "manual_error_expected",
+    "OLDEST_TRANSFORMERS",
     # the comparison harness
     "saved_activation_bytes",
     "measure_finetuning",
@@ -173,14 +178,16 @@ def _as_dataset(data: Any, name: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Full fine-tuning with transformers' Trainer (5.x spellings)
+# Full fine-tuning with transformers' Trainer (spellings valid from 4.50 to 5.x)
 # --------------------------------------------------------------------------------------------
 
 # The manual's (transformers 4.x) names and their replacements: raised early with the fix.
 _RENAMED_ARGS = {
-    "evaluation_strategy": "eval_strategy (renamed in transformers 4.41, the old name removed in 4.46)",
-    "logging_dir": "nothing: removed in transformers 5; TensorBoard reads the TENSORBOARD_LOGGING_DIR "
-                   "environment variable, and the logs are in trainer.state.log_history anyway",
+    "evaluation_strategy": "eval_strategy (renamed in transformers 4.41; 4.41-4.50 still accept the old name with "
+                           "a FutureWarning, 4.51 removed it)",
+    "logging_dir": "nothing: valid on transformers 4.x but removed in 5, so code that passes it breaks there; "
+                   "TensorBoard reads the TENSORBOARD_LOGGING_DIR environment variable, and the logs are in "
+                   "trainer.state.log_history anyway",
     "tokenizer": "trainer_finetune's tokenizer argument (Trainer's processing_class=)",
 }
 # TrainingArguments fields that trainer_finetune sets from its own parameters.
@@ -202,7 +209,10 @@ def _check_training_args(training_args: dict[str, Any]) -> None:
         if name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise TypeError(f"{name!r} is not a TrainingArguments field in transformers 5.{hint}")
+            import transformers
+
+            raise TypeError(f"{name!r} is not a TrainingArguments field in transformers "
+                            f"{transformers.__version__}.{hint}")
 
 
 def _check_positive(name: str, value: Any) -> None:
@@ -232,6 +242,79 @@ def _default_collator(tokenizer: Any, first_example: Mapping[str, Any]) -> Any:
     return DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
 
+def training_arguments(
+    output_dir: str | Path,
+    max_steps: int = 200,
+    lr: float = 5e-5,
+    batch_size: int = 8,
+    eval_steps: int = 20,
+    seed: int = 0,
+    save_total_limit: int = 2,
+    disable_tqdm: bool = False,
+    precision: str = "fp32",
+    **training_args: Any,
+) -> Any:
+    """The ``TrainingArguments`` that ``trainer_finetune`` trains with. Chapter 05 (fine-tuning).
+
+    The same parameters as ``trainer_finetune`` (which calls this), checked the same way; returns the
+    ``transformers.TrainingArguments`` object, so a notebook can show the exact call that will run:
+
+    * ``eval_strategy="steps"`` every ``eval_steps`` updates (the manual's ``evaluation_strategy``
+      is gone since 4.51), ``save_strategy`` the same and ``save_steps = eval_steps``, so every evaluated
+      model is on disk (``load_best_model_at_end`` needs the saves to line up with the evaluations);
+    * ``load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False``;
+      ``save_total_limit`` checkpoints are kept (the best one always among them);
+    * ``logging_steps = eval_steps``; ``report_to="none"`` (no wandb or TensorBoard account, works
+      offline; the manual's ``logging_dir`` is gone in transformers 5); ``use_cpu`` without CUDA;
+    * ``precision``: "fp32", "bf16", "fp16" (CUDA) or "auto" (bf16 or fp16 on a GPU, fp32 on a CPU;
+      ``training.resolve_precision``) becomes ``bf16=True`` / ``fp16=True`` (the manual hard-codes
+      ``fp16=True``, which fails on a machine without CUDA).
+
+    Any other ``TrainingArguments`` field passes through ``**training_args`` (e.g. ``warmup_steps``,
+    ``weight_decay``, ``gradient_accumulation_steps``, ``lr_scheduler_type``); the manual's 4.x names
+    and the fields set from this function's own parameters raise a TypeError that says what to use.
+    """
+    from transformers import TrainingArguments
+
+    for name, value in [("max_steps", max_steps), ("batch_size", batch_size), ("eval_steps", eval_steps),
+                        ("save_total_limit", save_total_limit)]:
+        _check_positive(name, value)
+    if eval_steps > max_steps:
+        raise ValueError(f"eval_steps ({eval_steps}) > max_steps ({max_steps}): the model would never be evaluated, so "
+                         "there would be no best checkpoint; lower eval_steps")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    _check_training_args(training_args)
+    on_gpu = torch.cuda.is_available()
+    precision = resolve_precision(precision, "cuda" if on_gpu else "cpu")
+    settings: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        learning_rate=lr,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",          # must match eval_strategy for load_best_model_at_end
+        save_steps=eval_steps,
+        logging_strategy="steps",
+        logging_steps=eval_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,        # a loss: lower is better
+        save_total_limit=save_total_limit,
+        report_to="none",               # no wandb / tensorboard: offline, no account
+        use_cpu=not on_gpu,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        seed=seed,
+        disable_tqdm=disable_tqdm,
+    )
+    settings.update(training_args)
+    with _benign_notices_hidden():
+        return TrainingArguments(**settings)
+
+
 def trainer_finetune(
     model: nn.Module,
     tokenizer: Any,
@@ -257,13 +340,11 @@ def trainer_finetune(
     ``eval_dataset``: lists of examples (``lm_examples`` for text; instruction examples with labels) or
     torch Datasets. The eval set is required: the best checkpoint and early stopping are chosen on it.
 
-    What is set up, and why (transformers 5.x names):
+    What is set up, and why (names valid on every transformers the course allows, 4.50 to 5.x):
 
-    * ``eval_strategy="steps"`` every ``eval_steps`` updates (the manual's ``evaluation_strategy``
-      is gone), ``save_strategy`` the same, so every evaluated model is on disk;
-    * ``load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False``:
-      after training, ``model`` holds the weights with the lowest held-out loss, not the last ones;
-      ``save_total_limit`` checkpoints are kept (the best one always among them);
+    * the ``TrainingArguments`` come from ``training_arguments`` (same parameters; see there):
+      evaluation and a checkpoint every ``eval_steps``, the best checkpoint (lowest ``eval_loss``)
+      loaded back at the end, ``precision`` as bf16/fp16 flags, offline logging;
     * ``EarlyStoppingCallback(patience)``: stop after ``patience`` evaluations without improvement
       (None: never stop early);
     * ``data_collator``: None -> ``DataCollatorForLanguageModeling(tokenizer, mlm=False)``, which pads
@@ -271,10 +352,7 @@ def trainer_finetune(
       that carry their own labels need a collator that keeps them); without a collator there are no
       labels and no loss;
     * ``processing_class=tokenizer`` (the manual's ``tokenizer=``), saved with each checkpoint;
-    * ``precision``: "fp32", "bf16", "fp16" (CUDA) or "auto" (bf16 or fp16 on a GPU, fp32 on a CPU;
-      ``training.resolve_precision``) becomes ``TrainingArguments(bf16=True)`` / ``fp16=True``;
-    * ``report_to="none"`` (no wandb or TensorBoard account, works offline), ``use_cpu`` when there
-      is no CUDA, ``seed``; ``disable_tqdm=True`` also drops the printed log lines (they are still in
+    * ``disable_tqdm=True`` also drops the printed log lines (they are still in
       ``trainer.state.log_history``, see ``trainer_history``).
 
     Any other ``TrainingArguments`` field passes through ``**training_args`` (e.g. ``warmup_steps``,
@@ -290,7 +368,7 @@ def trainer_finetune(
     informational warnings are hidden while it runs; errors still show). Returns ``(trainer, train_output)``;
     ``trainer.state.best_metric`` / ``best_model_checkpoint`` name the model that was kept.
     """
-    from transformers import EarlyStoppingCallback, PreTrainedModel, PrinterCallback, Trainer, TrainingArguments
+    from transformers import EarlyStoppingCallback, PreTrainedModel, PrinterCallback, Trainer
 
     from .gpt import GPT
 
@@ -303,52 +381,19 @@ def trainer_finetune(
         raise ValueError("eval_dataset is required: evaluation every eval_steps, the best checkpoint and early "
                          "stopping all need held-out examples (the manual asks for evaluation without one, which "
                          "Trainer refuses); e.g. lm_examples(tokenizer, val_texts, block_size)")
-    for name, value in [("max_steps", max_steps), ("batch_size", batch_size), ("eval_steps", eval_steps),
-                        ("save_total_limit", save_total_limit)]:
-        _check_positive(name, value)
-    if eval_steps > max_steps:
-        raise ValueError(f"eval_steps ({eval_steps}) > max_steps ({max_steps}): the model would never be evaluated, so "
-                         "there would be no best checkpoint; lower eval_steps")
     if patience is not None:
         _check_positive("patience", patience)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    _check_training_args(training_args)
-    on_gpu = torch.cuda.is_available()
-    precision = resolve_precision(precision, "cuda" if on_gpu else "cpu")
+    args = training_arguments(output_dir, max_steps=max_steps, lr=lr, batch_size=batch_size, eval_steps=eval_steps,
+                              seed=seed, save_total_limit=save_total_limit, disable_tqdm=disable_tqdm,
+                              precision=precision, **training_args)
     train_ds, eval_ds = _as_dataset(train_dataset, "train_dataset"), _as_dataset(eval_dataset, "eval_dataset")
     if data_collator is None:
         data_collator = _default_collator(tokenizer, train_ds[0])
-
-    settings: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        max_steps=max_steps,
-        learning_rate=lr,
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        save_strategy="steps",          # must match eval_strategy for load_best_model_at_end
-        save_steps=eval_steps,
-        logging_strategy="steps",
-        logging_steps=eval_steps,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,        # a loss: lower is better
-        save_total_limit=save_total_limit,
-        report_to="none",               # no wandb / tensorboard: offline, no account
-        use_cpu=not on_gpu,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        seed=seed,
-        disable_tqdm=disable_tqdm,
-    )
-    settings.update(training_args)
     callbacks = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience is not None else []
     with _benign_notices_hidden():
         trainer = Trainer(
             model=model,
-            args=TrainingArguments(**settings),
+            args=args,
             train_dataset=train_ds,
             eval_dataset=eval_ds,
             data_collator=data_collator,
@@ -396,14 +441,47 @@ def trainer_history(trainer: Trainer) -> dict[str, list[tuple[int, float]]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _attempt(manual: str, action: Callable[[], Any], why: str, fix: str) -> dict[str, str | None]:
-    """Run ``action``; record the exception it raises (None: it ran) next to the explanation and the fix."""
-    try:
-        action()
-        error = None
-    except Exception as e:  # noqa: BLE001 - whatever transformers raises is the lesson
-        error = f"{type(e).__name__}: {e}".strip()
-    return {"manual": manual, "error": error, "why": why, "fix": fix}
+# The oldest transformers that pyproject.toml allows. A manual error with ``fails_since`` equal to it fails on
+# every version the course supports; a later one (e.g. "5.0") only runs (perhaps with a FutureWarning) before it.
+OLDEST_TRANSFORMERS = "4.50"
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a version string: "5.0.0.dev0" -> (5, 0, 0), so a pre-release counts as its release."""
+    from packaging.version import Version
+
+    return Version(version).release
+
+
+def manual_error_expected(row: Mapping[str, Any], version: str | None = None) -> bool:
+    """Whether ``row`` (from ``demonstrate_manual_errors``) must fail on transformers ``version``. Chapter 05.
+
+    ``version``: a version string, default the installed transformers. True when ``version`` is at or after
+    the row's ``fails_since``; a notebook asserts ``(row["error"] is not None) == manual_error_expected(row)``,
+    so a transformers release that behaves differently from the recorded history fails the run.
+    """
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    if "fails_since" not in row:
+        raise KeyError("row has no 'fails_since': pass a row returned by demonstrate_manual_errors()")
+    return _release(version) >= _release(row["fails_since"])
+
+
+def _attempt(manual: str, action: Callable[[], Any], why: str, fix: str,
+             fails_since: str = OLDEST_TRANSFORMERS) -> dict[str, str | None]:
+    """Run ``action``; record the exception it raises (None: it ran) and any deprecation warning it gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            action()
+            error = None
+        except Exception as e:  # noqa: BLE001 - whatever transformers raises is the lesson
+            error = f"{type(e).__name__}: {e}".strip()
+    deprecations = [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    warning = f"{deprecations[0].category.__name__}: {deprecations[0].message}" if deprecations else None
+    return {"manual": manual, "error": error, "warning": warning, "fails_since": fails_since, "why": why, "fix": fix}
 
 
 @_benign_notices_hidden()  # the lesson is in the exceptions; transformers' informational notices are noise here
@@ -411,7 +489,13 @@ def demonstrate_manual_errors(tokenizer: Any = None) -> list[dict[str, str | Non
     """Run the manual's chapter-5 ``Trainer`` code against the installed transformers. Chapter 05.
 
     Each entry: ``manual`` (the manual's line), ``error`` ("ExceptionType: message" exactly as
-    transformers/Python raise it, or None if it ran), ``why`` and ``fix`` (the course's explanation).
+    transformers/Python raise it, or None if it ran), ``warning`` (the FutureWarning/DeprecationWarning
+    it gave, if any), ``fails_since`` (the first transformers version on which it fails; equal to
+    ``OLDEST_TRANSFORMERS`` when it fails on every version the course allows), ``why`` and ``fix``.
+    Recorded history, checked by running transformers 4.50.0, 4.57.1 and 5.x: ``evaluation_strategy``
+    runs with a FutureWarning on 4.50 and is gone from 4.51; ``logging_dir`` is valid on 4.x and gone in 5;
+    ``tokenizer=`` warns on 4.46-4.57 and fails on 5; the other four fail everywhere.
+    ``manual_error_expected(row)`` says whether a row must fail on the installed version.
     Uses a 1-layer random GPT-2 and ``tokenizer`` (default: the shipped course-gpt tokenizer, which,
     like GPT-2's, has no pad token); the last check runs one training step. Takes a few seconds.
     """
@@ -433,20 +517,22 @@ def demonstrate_manual_errors(tokenizer: Any = None) -> list[dict[str, str | Non
         results.append(_attempt(
             'TrainingArguments(..., evaluation_strategy="steps", eval_steps=1000)',
             lambda: TrainingArguments(evaluation_strategy="steps", eval_steps=1000, **quiet),
-            "renamed to eval_strategy in transformers 4.41; the old name was removed in 4.46",
-            'TrainingArguments(..., eval_strategy="steps", eval_steps=...)'))
+            "renamed to eval_strategy in transformers 4.41; 4.50 still accepts the old name with a FutureWarning, "
+            "4.51 removed it",
+            'TrainingArguments(..., eval_strategy="steps", eval_steps=...)', fails_since="4.51"))
         results.append(_attempt(
             "TrainingArguments(..., logging_dir='./logs')",
-            lambda: TrainingArguments(logging_dir="./logs", **quiet),
-            "removed in transformers 5 (TensorBoard reads TENSORBOARD_LOGGING_DIR from the environment)",
-            "leave it out; report_to='none' and read trainer.state.log_history"))
+            lambda: TrainingArguments(logging_dir=str(Path(out) / "logs"), **quiet),
+            "valid on transformers 4.x; removed in 5 (TensorBoard reads TENSORBOARD_LOGGING_DIR from the environment)",
+            "leave it out; report_to='none' and read trainer.state.log_history", fails_since="5.0"))
         args = TrainingArguments(eval_strategy="steps", eval_steps=1, max_steps=1, **quiet)
+        no_eval = TrainingArguments(max_steps=1, per_device_train_batch_size=2, **quiet)
         examples = ExampleDataset([{"input_ids": tokenizer.encode(t)} for t in texts])
         results.append(_attempt(
             "Trainer(model=model, args=training_args, train_dataset=train_dataset, tokenizer=tokenizer)",
-            lambda: Trainer(model=model, args=args, train_dataset=examples, tokenizer=tokenizer),
-            "Trainer's tokenizer= was renamed processing_class= (4.46) and removed in transformers 5",
-            "Trainer(..., processing_class=tokenizer)"))
+            lambda: Trainer(model=model, args=no_eval, train_dataset=examples, tokenizer=tokenizer),
+            "Trainer's tokenizer= was renamed processing_class= in 4.46: a FutureWarning up to 4.57, removed in 5",
+            "Trainer(..., processing_class=tokenizer)", fails_since="5.0"))
         results.append(_attempt(
             'evaluation_strategy="steps" but Trainer(...) gets no eval_dataset',
             lambda: Trainer(model=model, args=args, train_dataset=examples, processing_class=tokenizer),
@@ -467,7 +553,6 @@ def demonstrate_manual_errors(tokenizer: Any = None) -> list[dict[str, str | Non
         padded_tok = copy.deepcopy(tokenizer)
         if padded_tok.pad_token is None:
             padded_tok.pad_token = padded_tok.eos_token  # get past the padding error above
-        no_eval = TrainingArguments(max_steps=1, per_device_train_batch_size=2, **quiet)
 
         def train_without_collator() -> None:
             trainer = Trainer(model=model, args=no_eval, train_dataset=examples, processing_class=padded_tok)

@@ -21,9 +21,13 @@ The filters give exactly what transformers' ``TemperatureLogitsWarper``, ``TopKL
 ``TopPLogitsWarper`` and ``RepetitionPenaltyLogitsProcessor`` give, applied in the same order; greedy and
 beam search give the same token ids as ``model.generate`` (the tests check both).
 
-Where the manual goes wrong (ERRATA section 7): it passes ``temperature=0.7`` to ``generate`` without
-``do_sample=True``. transformers then decodes greedily and the temperature does nothing (a warning at
-most). Here that combination is an error that says so.
+Where the manual goes wrong (ERRATA sections 7 and 8): section 7's ``generate_text`` and
+``beam_search_generation`` pass ``max_length=100``, which in transformers counts the prompt's tokens too:
+a prompt of 95 tokens gets 5 new ones, and one of 100 or more gets none (current transformers raises a
+``ValueError``). Here the only length setting is ``max_new_tokens``, and ``max_length=`` is an error that
+says why. Section 8's chat bot (0.7), classifier (0.1) and summarizer (0.7, with ``top_p=0.9``) pass a
+``temperature`` without ``do_sample=True``: transformers then decodes greedily and the temperature does
+nothing (a warning at most). Here that combination is an error that says so.
 """
 
 from __future__ import annotations
@@ -122,7 +126,7 @@ class GenerationConfig:
             if ignored:
                 raise ValueError(
                     f"{', '.join(ignored)} only affect sampling, but do_sample=False decodes greedily, so "
-                    "they would be silently ignored (the manual's trap, ERRATA 7). Pass do_sample=True to "
+                    "they would be silently ignored (the manual's section-8 trap, ERRATA 8). Pass do_sample=True to "
                     "sample, or drop them for greedy decoding"
                 )
         if self.num_beams > 1 and self.do_sample:
@@ -333,7 +337,14 @@ def _check_inputs(model: nn.Module, input_ids: Any, attention_mask: Any, config:
         raise TypeError("input_ids must be a LongTensor of token ids, e.g. torch.tensor([tokenizer.encode(prompt)])")
     if input_ids.ndim == 1:
         input_ids = input_ids[None]
-    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+    if input_ids.ndim != 2:
+        raise ValueError(
+            f"input_ids must have shape (batch, seq_len) or (seq_len,), got a {input_ids.ndim}-D tensor of shape "
+            f"{tuple(input_ids.shape)}. A batch of one prompt is torch.tensor([tokenizer.encode(prompt)]); "
+            "an extra dimension usually comes from wrapping ids that already have a batch dimension "
+            "(index or squeeze it away, e.g. input_ids[0] or input_ids.squeeze(0))"
+        )
+    if input_ids.shape[1] == 0:
         raise ValueError(f"the prompt is empty (input_ids shape {tuple(input_ids.shape)}): give at least one token "
                          "(e.g. a beginning-of-text or end-of-text token to generate from nothing)")
     if attention_mask is None:
@@ -382,6 +393,13 @@ class _StopStrings:
 
 
 def _as_config(config: GenerationConfig | None, kwargs: dict[str, Any]) -> GenerationConfig:
+    if "max_length" in kwargs:
+        raise ValueError(
+            f"max_length={kwargs['max_length']!r} is not a setting here: in transformers it counts the prompt's "
+            "tokens too, so a long prompt leaves few or no new tokens (the manual's section-7 trap, ERRATA 7). "
+            "Pass max_new_tokens, the number of tokens to add (transformers' max_length=L is "
+            "max_new_tokens = L - prompt length)"
+        )
     if config is None:
         return GenerationConfig(**kwargs)
     if not isinstance(config, GenerationConfig):

@@ -96,6 +96,8 @@ __all__ = [
     "available_cpus",
     "start_ray",
     "RayStartError",
+    "MANUAL_RESOURCES",
+    "check_trial_resources",
 ]
 
 RAY_PACKAGE = "ray[tune]"  # what pip installs for this chapter
@@ -347,7 +349,7 @@ class SearchResult:
 
     ``trials``: one dict per trial, in the order they were drawn: ``trial`` (number), ``lr``,
     ``batch_size``, ``weight_decay``, ``steps`` (training steps it ran), ``eval_loss`` (its last
-    report; inf if the loss diverged), ``best_eval_loss``, ``stopped_early`` (it ran fewer than
+    report; inf if the loss diverged), ``best_eval_loss``, ``train_loss`` (the training loss at the last report), ``stopped_early`` (it ran fewer than
     ``max_steps`` steps and did not diverge: ASHA stopped it), ``seconds`` (the trial's own run time) and ``curve`` (``[(step, eval_loss), ...]``, every report).
     ``wall_seconds``: the whole ``Tuner.fit``; ``peak_ray_memory_mb``: the largest memory (proportional set
     size, so shared pages count once) of the driver plus every Ray process it started (GCS, raylet, agents, workers) seen during the search (None when
@@ -374,7 +376,8 @@ class SearchResult:
         ``steps_saved_ratio`` = (trials x max_steps) / steps run: how many times fewer training steps
         the search needed than running every trial to the end. ``trial_seconds_if_all_finished``
         extrapolates each stopped trial's seconds per step to ``max_steps`` (an estimate; the manual-style
-        search, ``single_report=True``, measures it).
+        search, ``single_report=True``, measures it). ``best_config`` is the trial with the lowest held-out
+        loss; ``best_config_by_train_loss`` the one the manual would pick (lowest training loss).
         """
         if not self.trials:
             raise ValueError("this search has no finished trials; see .errors")
@@ -384,6 +387,8 @@ class SearchResult:
         seconds = sum(t["seconds"] for t in self.trials)
         seconds_all = sum(t["seconds"] * self.max_steps / max(t["steps"], 1) for t in self.trials)
         best = min(self.trials, key=lambda t: t["eval_loss"])
+        by_train = [t for t in self.trials if math.isfinite(t.get("train_loss", math.nan))]
+        best_train = min(by_train, key=lambda t: t["train_loss"]) if by_train else None
         return {
             "trials": len(self.trials),
             "stopped_early": len(stopped),
@@ -397,6 +402,12 @@ class SearchResult:
             "peak_ray_memory_mb": self.peak_ray_memory_mb,
             "best_config": {k: best[k] for k in ("lr", "batch_size", "weight_decay")},
             "best_eval_loss": best["eval_loss"],
+            # the manual's choice (analysis.best_config with metric="loss" = result.training_loss): the lowest
+            # *training* loss, which rewards fitting the training batches, not generalizing. None without
+            # training losses. Compare it only where every trial ran to the end (single_report=True).
+            "best_config_by_train_loss": ({k: best_train[k] for k in ("lr", "batch_size", "weight_decay")}
+                                          if best_train else None),
+            "eval_loss_of_best_by_train_loss": best_train["eval_loss"] if best_train else None,
         }
 
 
@@ -481,6 +492,8 @@ def _trial_row(number: int, result: Any, max_steps: int) -> dict[str, Any]:
         "steps": steps,
         METRIC: curve[-1][1] if curve else float("nan"),
         "best_eval_loss": min(v for _, v in curve) if curve else float("nan"),
+        # the training loss (of the last batch) at the last report: what the manual picks its best config by
+        "train_loss": float(metrics.get("train_loss", float("nan"))),
         # ASHA stopped it: it ended before max_steps without diverging (a NaN loss ends a trial by itself)
         "stopped_early": steps < max_steps and bool(curve) and math.isfinite(curve[-1][1]),
         "seconds": float(metrics.get("time_total_s", 0.0)),
@@ -516,6 +529,44 @@ def _fast_ray_processes(enabled: bool = True) -> Iterator[None]:
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = old
+
+
+MANUAL_RESOURCES = {"cpu": 2, "gpu": 1}
+"""The manual's ``resources_per_trial``: on a machine without a GPU no trial can ever start. Chapter 09."""
+
+
+def check_trial_resources(resources: Mapping[str, float], available: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Refuse a per-trial resource request the Ray cluster can never meet. Chapter 09 (ERRATA section 9).
+
+    Tune does not fail on such a request: it keeps every trial PENDING and waits, forever, for a GPU or
+    CPUs that will not come (the manual's ``resources_per_trial={"cpu": 2, "gpu": 1}`` on a machine without
+    a GPU). ``resources``: ``{"cpu": 2, "gpu": 1, ...}`` (lower-case names as in ``resources_per_trial``).
+    ``available``: what the cluster has, in Ray's spelling (``{"CPU": 2.0, "GPU": 1.0}``); default
+    ``ray.cluster_resources()`` of the running Ray. Returns ``available``; raises ValueError naming each
+    resource asked for that the cluster has too little of. (A cluster with an autoscaler may grow: check
+    against what it can scale to.)
+    """
+    if not isinstance(resources, Mapping) or not resources:
+        raise TypeError(f"resources must be a non-empty dict such as {{'cpu': 2}}, got {resources!r}")
+    if available is None:
+        ray = require("ray", RAY_PACKAGE)
+        if not ray.is_initialized():
+            raise ValueError("Ray is not running: call hpsearch.start_ray() first, or pass available= "
+                             "(e.g. {'CPU': 2, 'GPU': 0})")
+        available = ray.cluster_resources()
+    have = {str(k).upper(): float(v) for k, v in available.items()}
+    short = []
+    for name, amount in resources.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ValueError(f"resources[{name!r}] must be a number >= 0, got {amount!r}")
+        key = str(name).upper()
+        if amount > have.get(key, 0.0):
+            short.append(f"{amount:g} {key} per trial, but the cluster has {have.get(key, 0.0):g}")
+    if short:
+        raise ValueError("this resource request can never be met: " + "; ".join(short) + ". Ray Tune would not "
+                         "fail: it would keep every trial PENDING forever. Ask for what the machine has (no 'gpu' "
+                         "key on a machine without a GPU; cpus_per_trial <= its CPUs), or run on a cluster that has it")
+    return dict(available)
 
 
 def start_ray(num_cpus: int | None = None, address: str | None = None, object_store_mb: int = 100,
@@ -643,6 +694,8 @@ def run_search(
             run_config=tune.RunConfig(name=name, storage_path=str(folder), verbose=0),
         )
         cpus = int(ray.cluster_resources().get("CPU", 0))
+        if address is None:  # a local Ray cannot grow: a trial that does not fit would wait forever
+            check_trial_resources({"cpu": cpus_per_trial})
         t0 = time.perf_counter()
         with watch:
             grid = tuner.fit()

@@ -222,7 +222,8 @@ def strided_perplexity(
     returns ``.logits``). ``input_ids``: the whole text's ids, (N,) or (1, N) (``token_ids(tok, text)``).
     ``window``: tokens per forward pass (default: the model's context); ``stride``: new tokens scored per
     window (default ``window // 2``), 1 <= stride < window. See ``strided_windows`` for which token is
-    scored where: every token but the first exactly once, with >= window - stride tokens of context.
+    scored where: every token but the first exactly once; the tokens after the first window with
+    >= window - stride tokens of context, the first window's token t with the t tokens before it.
 
     Returns ``{"loss", "perplexity", "tokens", "windows", "tokens_processed", "mean_context"}``: the mean
     loss in nats over the ``tokens`` scored, its perplexity, the number of forward windows, the tokens

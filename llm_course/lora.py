@@ -550,6 +550,11 @@ def peft_lora_config(model: nn.Module, r: int = 8, alpha: float = 16, dropout: f
                            fan_in_fan_out=all(conv1d), task_type="CAUSAL_LM" if is_transformers else None)
 
 
+def _bitsandbytes_installed() -> bool:
+    """Whether the bitsandbytes package can be imported (looked up without importing it)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def bitsandbytes_qlora(model_name_or_path: str, target_modules: str | Sequence[str] | None = None, r: int = 8,
                        alpha: float = 16, dropout: float = 0.05, compute_dtype: torch.dtype = torch.bfloat16) -> Any:
     """QLoRA with the libraries (CUDA + bitsandbytes): a 4-bit NF4 model with LoRA adapters. Chapter 06.
@@ -576,7 +581,7 @@ def bitsandbytes_qlora(model_name_or_path: str, target_modules: str | Sequence[s
         raise RuntimeError("bitsandbytes_qlora needs a CUDA GPU (bitsandbytes' 4-bit kernels), and "
                            "torch.cuda.is_available() is False here. Run it on a CUDA machine (e.g. Colab) after "
                            f"`pip install bitsandbytes`. {cpu_hint}")
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if not _bitsandbytes_installed():
         error = MissingDependencyError("bitsandbytes")  # "bitsandbytes is not installed: pip install bitsandbytes"
         error.add_note(cpu_hint)
         raise error
@@ -589,8 +594,13 @@ def bitsandbytes_qlora(model_name_or_path: str, target_modules: str | Sequence[s
         bnb_4bit_use_double_quant=True,  # quantize the block scales too: 4.127 bits per weight
         bnb_4bit_compute_dtype=compute_dtype,  # dequantize to this dtype for each matmul
     )
+    import transformers
+    from packaging.version import Version
+
+    # transformers 4.56 renamed from_pretrained's torch_dtype= to dtype=; 4.50-4.55 only know torch_dtype
+    dtype_kwarg = "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path, quantization_config=quantization_config,
-                                                 dtype=compute_dtype, device_map="auto")
+                                                 device_map="auto", **{dtype_kwarg: compute_dtype})
     model = peft.prepare_model_for_kbit_training(model)
     config = peft_lora_config(model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
     return peft.get_peft_model(model, config)

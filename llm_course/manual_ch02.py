@@ -17,6 +17,11 @@ laptop, so that the course can show each defect with an experiment (ERRATA.md, s
     ``src_key_padding_mask``, which expects a (B, T) boolean "is padding" mask: PyTorch rejects it. The
     only way to run the model is without a mask, and then the real tokens attend to the padding.
 
+``ManualMultiHeadAttention`` (the manual's section-3 ``MultiHeadAttention``, chapter 03)
+    ``masked_fill(mask == 0, -1e9)``: 1 = may attend, the opposite of section 2's causal mask (True =
+    forbidden), so combining the two gives anti-causal attention; -1e9 overflows float16; a row with
+    nothing allowed gets uniform weights (ERRATA.md, section 3).
+
 The manual's T5 cannot be reproduced at all: ``T5EncoderLayer`` and ``T5DecoderLayer`` are never
 defined (and it has no relative position bias, no causal mask in the decoder, and it reuses the
 encoder's padding mask in the decoder).
@@ -32,7 +37,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["ManualCustomGPT", "ManualBERTModel", "future_token_influence", "padding_influence"]
+__all__ = [
+    "ManualCustomGPT", "ManualBERTModel", "ManualMultiHeadAttention", "future_token_influence", "padding_influence",
+]
 
 
 class ManualCustomGPT(nn.Module):
@@ -124,6 +131,54 @@ class ManualBERTModel(nn.Module):
         pooled_output = self.activation(self.pooler(embeddings[:, 0]))
 
         return embeddings, pooled_output
+
+
+class ManualMultiHeadAttention(nn.Module):
+    """BROKEN (for demonstration): the manual's section-3 ``MultiHeadAttention``, verbatim. Chapter 03.
+
+    Its mask convention is ``masked_fill(mask == 0, -1e9)``: 1 / True = *may attend*. Section 2's
+    ``generate_causal_mask`` (``ManualCustomGPT.generate_causal_mask``) is True = *forbidden* (the
+    ``nn.Transformer*`` convention). Passing one to the other inverts it: anti-causal attention, where
+    query i sees only the keys after it (query 0 only the future) and the last query may see nothing,
+    so it gets **uniform** weights (every score is the same -1e9) instead of none. And -1e9 does
+    not fit in float16 (max 65504): in half precision ``masked_fill`` raises a RuntimeError
+    (ERRATA.md, section 3). The course's attention (``llm_course.attention``) uses one convention
+    (True = may attend), fills with -inf and returns zeros for a row that may see nothing.
+    """
+
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.d_k = d_model // n_heads
+
+        self.q_linear = nn.Linear(d_model, d_model)
+        self.k_linear = nn.Linear(d_model, d_model)
+        self.v_linear = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As in the manual: returns (output (B, T, C), attention weights (B, H, Tq, Tk))."""
+        batch_size = query.size(0)
+
+        Q = self.q_linear(query).view(batch_size, -1, self.n_heads, self.d_k).transpose(1, 2)
+        K = self.k_linear(key).view(batch_size, -1, self.n_heads, self.d_k).transpose(1, 2)
+        V = self.v_linear(value).view(batch_size, -1, self.n_heads, self.d_k).transpose(1, 2)
+
+        scores = torch.matmul(Q, K.transpose(-2, -1)) / torch.sqrt(torch.tensor(self.d_k, dtype=torch.float32))
+
+        if mask is not None:
+            scores = scores.masked_fill(mask == 0, -1e9)  # BUG: 1 = keep (section 2 uses True = forbidden)
+
+        attention = torch.softmax(scores, dim=-1)
+        context = torch.matmul(attention, V)
+
+        context = context.transpose(1, 2).contiguous().view(batch_size, -1, self.d_model)
+        output = self.out(context)
+
+        return output, attention
 
 
 # --------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@ import torch
 import torch.nn as nn
 
 from .data import require
-from .training import NonFiniteLossError, TrainResult, in_notebook
+from .training import NonFiniteLossError, TrainResult, _model_loss, in_notebook
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -82,6 +82,8 @@ __all__ = [
     "MonitorCallback",
     "WandbOfflineLogger",
     "wandb_offline_logger",
+    "manual_monitor_gradients",
+    "gradient_norm_timing",
 ]
 
 # A ``train`` record's key -> the TensorBoard tag it is logged under. Evaluation metrics go to "eval/<key>".
@@ -403,6 +405,70 @@ def _first_nonfinite_grad(model: nn.Module) -> tuple[str, float] | None:
     return None
 
 
+def _total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``tensors`` together, one tensor (no ``.item()``: no device sync). Works on every
+    torch the course allows (``torch.nn.utils.get_total_norm`` only exists from torch 2.6)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.detach().float()) for t in tensors]))
+
+
+# --------------------------------------------------------------------------------------------
+# The manual's monitor_gradients, and when it measures (ERRATA section 9)
+# --------------------------------------------------------------------------------------------
+
+
+def manual_monitor_gradients(model: nn.Module) -> float:
+    """The manual's ``monitor_gradients`` ("Мониторинг и отладка"), as written. Chapter 09 (ERRATA section 9).
+
+    The number it computes is right (the 2-norm of all gradients), but only at the right moment, which the
+    manual never says: after ``clip_grad_norm_`` it reads the clipped norm (a spike is invisible), after
+    ``zero_grad`` it reads 0.0; and its ``.item()`` per parameter waits for the GPU once per tensor.
+    ``gradient_norm_timing`` shows all three. Kept verbatim to be measured, not used.
+    """
+    total_norm = 0
+    for name, param in model.named_parameters():
+        if param.grad is not None:
+            param_norm = param.grad.data.norm(2)
+            total_norm += param_norm.item() ** 2
+    total_norm = total_norm ** (1. / 2)
+    return total_norm
+
+
+def gradient_norm_timing(model: nn.Module, batch: Mapping[str, torch.Tensor], max_grad_norm: float = 1.0,
+                         spike: float = 1.0) -> dict[str, Any]:
+    """One training step, and what the manual's ``monitor_gradients`` reads at each moment of it. Chapter 09.
+
+    Forward + backward on ``batch`` (a dict with ``input_ids`` and ``labels``); the gradients are then
+    multiplied by ``spike`` (e.g. 1e4: an exploding gradient, as one bad batch gives). Returns
+    ``{"course": the norm clip_grad_norm_ returns (measured before clipping, what train() logs as
+    grad_norm), "manual, before clipping", "manual, after clipping", "manual, after zero_grad",
+    "item_calls": the .item() calls (device syncs) the manual's function makes per reading, one per
+    parameter with a gradient, against 1 for the course}``. The model's gradients are cleared afterwards;
+    its weights are not changed (no optimizer step).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(batch, Mapping) or "input_ids" not in batch or "labels" not in batch:
+        raise ValueError("batch must be a dict with 'input_ids' and 'labels' (labels=input_ids for a language "
+                         f"model), so that the model returns a loss; got {type(batch).__name__}"
+                         + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
+    for name, value in (("max_grad_norm", max_grad_norm), ("spike", spike)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+    model.zero_grad(set_to_none=True)
+    _model_loss(model, dict(batch)).backward()
+    params = [p for p in model.parameters() if p.grad is not None]
+    with torch.no_grad():
+        for p in params:
+            p.grad.mul_(spike)
+    before = manual_monitor_gradients(model)
+    course = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))  # the norm *before* clipping
+    after_clip = manual_monitor_gradients(model)
+    model.zero_grad(set_to_none=True)  # what optimizer.zero_grad() / the Trainer does after every step
+    return {"course": course, "manual, before clipping": before, "manual, after clipping": after_clip,
+            "manual, after zero_grad": manual_monitor_gradients(model), "item_calls": len(params)}
+
+
 def __getattr__(name: str) -> Any:
     """``MonitorCallback`` is built on first use (PEP 562): it subclasses transformers' ``TrainerCallback``,
     and importing transformers takes seconds that the course's own loop does not need."""
@@ -455,7 +521,7 @@ def _monitor_callback_class() -> type:
         def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                                   **kwargs: Any) -> None:
             grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
-            if not grads or torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            if not grads or torch.isfinite(_total_norm(grads)):
                 return
             step = state.global_step + 1  # global_step counts finished updates; this is the next one
             bad = _first_nonfinite_grad(model)

@@ -38,10 +38,21 @@ adds ``CUDAExecutionProvider``, and with NVIDIA's TensorRT libraries installed t
 int8) the first time it sees an input shape. ``execution_providers("cuda" | "tensorrt")`` returns
 the provider list to pass to ``OnnxCausalLM`` (TensorRT first, CUDA for the operators TensorRT does
 not support, CPU last), or raises a clear error when this onnxruntime build lacks them.
+
+**TensorRT** (NVIDIA's inference compiler) takes a graph and builds an *engine* for one GPU model and
+one TensorRT version: it fuses layers (matmul + bias + activation, attention), picks the fastest kernel
+for each layer by timing candidates on that GPU, runs in fp16 or int8 where allowed, and plans memory
+once. Dynamic sizes become an *optimization profile* (min / opt / max shape per input); an input outside
+it needs another engine. Three routes: ONNX Runtime's TensorRT provider on the exported file
+(``tensorrt_session``: engines built on first use, cached on disk); ``trtexec --onnx=gpt.onnx
+--saveEngine=gpt.plan --minShapes=input_ids:1x1 --optShapes=input_ids:1x64 --maxShapes=input_ids:4x256
+[--fp16]``, the command-line builder shipped with TensorRT; or ``torch_tensorrt.compile`` straight from
+PyTorch. ``tensorrt_status()`` says whether this machine can run any of it, and if not, why.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import warnings
@@ -52,7 +63,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import require
+from .data import MissingDependencyError, require
 from .gpt import GPT
 
 __all__ = [
@@ -63,6 +74,8 @@ __all__ = [
     "quantize_onnx_int8",
     "available_providers",
     "execution_providers",
+    "tensorrt_status",
+    "tensorrt_session",
 ]
 
 INPUT_NAME, OUTPUT_NAME = "input_ids", "logits"
@@ -232,6 +245,71 @@ def execution_providers(device: str = "cpu") -> list[str]:
             "also needs NVIDIA's TensorRT libraries). On a CPU-only machine use device='cpu'."
         )
     return list(wanted)
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """Can TensorRT run here, and if not, why not. Chapter 07 (inference).
+
+    Returns ``(True, what was found)`` when there is a CUDA GPU, NVIDIA's ``tensorrt`` package and an
+    onnxruntime build with ``TensorrtExecutionProvider``; else ``(False, the first thing missing and how
+    to get it)``. Checks only: builds nothing.
+    """
+    if not torch.cuda.is_available():
+        return False, ("no CUDA GPU here (torch.cuda.is_available() is False): TensorRT builds engines for NVIDIA "
+                       "GPUs only, so there is nothing to run it on")
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, ("a CUDA GPU is present but TensorRT is not installed: pip install tensorrt (NVIDIA's "
+                       "libraries for CUDA 12)")
+    try:
+        have = available_providers()
+    except MissingDependencyError:
+        have = []
+    if "TensorrtExecutionProvider" not in have:
+        return False, (f"TensorRT is installed but onnxruntime has no TensorRT provider (it has {have}): "
+                       "pip uninstall onnxruntime && pip install onnxruntime-gpu")
+    import tensorrt
+
+    return True, (f"{torch.cuda.get_device_name()}, CUDA {torch.version.cuda}, TensorRT {tensorrt.__version__}, "
+                  f"onnxruntime {require('onnxruntime').__version__}")
+
+
+def tensorrt_session(path: str | os.PathLike, max_batch: int = 4, fp16: bool = False,
+                     cache_dir: str | os.PathLike | None = None) -> OnnxCausalLM:
+    """An exported GPT run by ONNX Runtime's TensorRT provider. Chapter 07 (inference).
+
+    One optimization profile covers batch 1..``max_batch`` and length 1..n_positions (opt: batch 1, the
+    full window), so one engine serves a whole greedy loop; it is built on the first call (seconds to
+    minutes) and cached in ``cache_dir`` (default: next to the file). ``fp16``: let TensorRT run layers
+    in half precision (faster, further from PyTorch's logits). Even in fp32 TensorRT may use TF32 matrix
+    multiplies (its default on Ampere and newer GPUs), so compare logits with a tolerance near 1e-2,
+    not ONNX Runtime's 1e-4 on the CPU. CUDA covers the operators TensorRT lacks. Raises ``RuntimeError`` with ``tensorrt_status()``'s reason when this
+    machine cannot run TensorRT, or when the session fell back to another provider.
+    """
+    ready, why = tensorrt_status()
+    if not ready:
+        raise RuntimeError(f"TensorRT cannot run here: {why}")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+    import tensorrt  # noqa: F401  (loads TensorRT's libraries into the process, where onnxruntime finds them)
+
+    path = Path(path)
+    meta = OnnxCausalLM(path).n_positions  # checks the file and reads its context length on the CPU
+    cache = Path(cache_dir) if cache_dir is not None else path.parent / "tensorrt-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    options = {
+        "trt_fp16_enable": fp16,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_profile_min_shapes": f"{INPUT_NAME}:1x1",
+        "trt_profile_opt_shapes": f"{INPUT_NAME}:1x{meta}",
+        "trt_profile_max_shapes": f"{INPUT_NAME}:{max_batch}x{meta}",
+    }
+    session = OnnxCausalLM(path, providers=[("TensorrtExecutionProvider", options), "CUDAExecutionProvider",
+                                            "CPUExecutionProvider"])
+    if "TensorrtExecutionProvider" not in session.providers:
+        raise RuntimeError(f"onnxruntime did not load its TensorRT provider (it uses {session.providers}): are "
+                           "TensorRT's libraries on the library path (LD_LIBRARY_PATH)?")
+    return session
 
 
 class OnnxCausalLM:

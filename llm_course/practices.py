@@ -29,7 +29,12 @@ precision; ``compare_precisions`` tabulates the loss curves against fp32.
 Where the manual goes wrong (ERRATA section 9): ``from torch.cuda.amp import autocast, GradScaler`` is a
 deprecated spelling. torch 2.x says so with a ``FutureWarning`` (``amp_deprecation_warnings`` captures
 it); the current spelling is ``torch.amp.autocast("cuda")`` and ``torch.amp.GradScaler("cuda")``
-(``MANUAL_AMP`` shows both, ``find_deprecated_amp`` finds the old one in code).
+(``MANUAL_AMP`` shows both, ``find_deprecated_amp`` finds the old one in code). The manual's snippet also
+passes no labels (``outputs = model(inputs)``: ``outputs.loss`` is None) and never zeroes the gradients.
+
+**``torch.cuda.empty_cache()``** (the manual: "Очистка кэша GPU") returns the CUDA allocator's cached,
+unused blocks to the driver; it frees nothing that a tensor still holds (``empty_cache_report`` shows it,
+on a GPU).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ __all__ = [
     "MANUAL_AMP",
     "find_deprecated_amp",
     "amp_deprecation_warnings",
+    "empty_cache_report",
 ]
 
 Batch = Mapping[str, torch.Tensor]  # {"input_ids": (B, T), "labels": (B, T), ...}: the model's kwargs
@@ -365,11 +371,16 @@ def plot_loss_curves(losses: Mapping[str, Sequence[float]], ax: Any = None, titl
 # --------------------------------------------------------------------------------------------
 
 MANUAL_AMP = {
+    # verbatim from the manual ("Лучшие практики", 1): `inputs` is never defined, and ``model(inputs)`` passes
+    # input ids and no labels, so ``outputs.loss`` is None and ``scaler.scale(loss)`` has nothing to scale
     "manual": (
         "from torch.cuda.amp import autocast, GradScaler\n"
+        "\n"
         "scaler = GradScaler()\n"
         "with autocast():\n"
-        "    loss = model(**batch).loss\n"
+        "    outputs = model(inputs)\n"
+        "    loss = outputs.loss\n"
+        "    \n"
         "scaler.scale(loss).backward()\n"
         "scaler.step(optimizer)\n"
         "scaler.update()\n"
@@ -377,14 +388,14 @@ MANUAL_AMP = {
     "current": (
         "scaler = torch.amp.GradScaler('cuda')                 # fp16 only; bf16 needs no scaler\n"
         "with torch.autocast('cuda', dtype=torch.float16):     # or 'cpu' with torch.bfloat16\n"
-        "    loss = model(**batch).loss\n"
+        "    loss = model(**batch).loss                        # batch has labels: the manual's model(inputs) has none\n"
         "scaler.scale(loss).backward()\n"
         "scaler.step(optimizer)\n"
         "scaler.update()\n"
         "optimizer.zero_grad()                                 # the manual never zeroes the gradients\n"
     ),
 }
-"""The manual's mixed-precision snippet and its current spelling. Chapter 09 (ERRATA section 9)."""
+"""The manual's mixed-precision snippet, as it is written, and its current spelling. Chapter 09 (ERRATA section 9)."""
 
 # old spelling -> current spelling
 _DEPRECATED_AMP = [
@@ -424,3 +435,49 @@ def amp_deprecation_warnings() -> list[str]:
             pass
         torch.cuda.amp.GradScaler()
     return [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. torch.cuda.empty_cache(): what it frees, and what it does not (ERRATA section 9)
+# --------------------------------------------------------------------------------------------
+
+
+def _cuda_memory_mb(device: torch.device) -> dict[str, float]:
+    torch.cuda.synchronize(device)
+    return {"allocated MB": torch.cuda.memory_allocated(device) / 2**20,
+            "reserved MB": torch.cuda.memory_reserved(device) / 2**20}
+
+
+def empty_cache_report(device: str | torch.device = "cuda", megabytes: int = 256) -> list[dict[str, Any]]:
+    """What ``torch.cuda.empty_cache()`` frees, step by step, on a CUDA device. Chapter 09 (ERRATA section 9).
+
+    PyTorch's CUDA allocator keeps freed blocks *reserved* (cached) for the next tensor instead of handing
+    them back to the driver; ``nvidia-smi`` shows reserved memory. ``empty_cache()`` returns the cached,
+    unused blocks to the driver. It frees nothing a tensor still holds, and it does not make a training
+    step fit: the same step would reserve the same memory again (the manual presents it as a memory saver).
+    Allocates ``megabytes`` MiB, then records ``torch.cuda.memory_allocated`` and ``memory_reserved``
+    (MiB) at five moments: before, with the tensor, after ``empty_cache()`` with the tensor still held
+    (nothing freed), after ``del`` (allocated falls, reserved stays), after ``empty_cache()`` (reserved
+    falls). Returns ``[{"moment", "allocated MB", "reserved MB"}, ...]``. Needs CUDA: on any other device
+    there is no caching allocator and ``empty_cache`` has nothing to do (a ValueError says so).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"empty_cache_report needs a CUDA device, got {device.type!r}: torch.cuda.empty_cache() only "
+                         "returns blocks cached by PyTorch's CUDA allocator (on the CPU there is no such cache and it "
+                         "does nothing); run it on a GPU, e.g. empty_cache_report('cuda')")
+    if not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU: empty_cache_report needs one")
+    if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 1:
+        raise ValueError(f"megabytes must be a positive integer (the size of the test tensor in MiB), got {megabytes!r}")
+    torch.cuda.empty_cache()  # start from no cached blocks, so each change below is this tensor's
+    rows = [{"moment": "before", **_cuda_memory_mb(device)}]
+    x = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)
+    rows.append({"moment": f"a {megabytes} MiB tensor held", **_cuda_memory_mb(device)})
+    torch.cuda.empty_cache()
+    rows.append({"moment": "empty_cache(), tensor still held", **_cuda_memory_mb(device)})
+    del x
+    rows.append({"moment": "del tensor", **_cuda_memory_mb(device)})
+    torch.cuda.empty_cache()
+    rows.append({"moment": "empty_cache() after del", **_cuda_memory_mb(device)})
+    return rows

@@ -36,15 +36,25 @@ are used. Three recipes, each written out first and then (for int8) done with a 
 
 ``model_size_bytes`` counts what the weights take in memory, whatever their storage.
 
-Where the manual goes wrong (ERRATA section 7): ``torch.quantization.quantize_dynamic`` is deprecated
-(torchao is its successor), and it claims a speed-up without measuring one; here the benchmark measures
-each path side by side, and the tests check the accuracy of each against float32.
+**GPT-2's ``Conv1D``.** transformers' GPT-2 builds its attention and MLP projections (``c_attn``,
+``c_proj``, ``c_fc``) from ``transformers.pytorch_utils.Conv1D``, not ``nn.Linear``: the same affine
+map, ``y = x W + b``, with the weight stored transposed, (in, out). Every ``quantize_*`` function here
+converts each such layer to the equal ``nn.Linear`` (weight ``W.T``, so the per-output-channel scales
+are per *column* of the Conv1D weight) before quantizing it. ``quantized_layers`` lists what a model
+really stores in 8 or 4 bits, whoever quantized it.
+
+Where the manual goes wrong (ERRATA section 7): ``torch.quantization.quantize_dynamic(model,
+{nn.Linear})`` on GPT-2 quantizes only the tied ``lm_head`` (the one ``nn.Linear``; quantizing it also
+breaks the tie, so the model grows) and leaves every ``Conv1D`` in float32, silently. It is also
+deprecated (torchao is its successor), and the manual claims a speed-up without measuring one; here the
+benchmark measures each path side by side, and the tests check the accuracy of each against float32.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -80,6 +90,8 @@ __all__ = [
     "model_size_bytes",
     "quantization_error",
     "quantized_linear_names",
+    "quantized_layers",
+    "conv1d_to_linear",
 ]
 
 
@@ -99,20 +111,55 @@ def _tied_weight(model: nn.Module, linear: nn.Linear) -> bool:
     return False
 
 
-def quantized_linear_names(model: nn.Module, keep_tied: bool = True, skip: tuple[str, ...] = ()) -> list[str]:
+def _conv1d_class() -> type | None:
+    """transformers' ``Conv1D`` if transformers is already imported, else None (a model holding a Conv1D
+    has imported it to build the layer, so nothing is missed and the course does not import it)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    conv1d = _conv1d_class()
+    return conv1d is not None and type(module) is conv1d
+
+
+def conv1d_to_linear(layer: nn.Module) -> nn.Linear:
+    """transformers' ``Conv1D`` (GPT-2) as the equal ``nn.Linear``. Chapter 07 (inference).
+
+    ``Conv1D`` computes ``x @ W + b`` with ``W`` stored as (in, out); ``nn.Linear`` computes ``x @ W.T + b``
+    with ``W`` stored as (out, in). So the Linear gets the transposed weight (a copy, same dtype and
+    device) and the same bias, and gives the same outputs. An ``nn.Linear`` is returned unchanged.
+    """
+    if type(layer) is nn.Linear:
+        return layer
+    if not _is_conv1d(layer):
+        raise TypeError(f"conv1d_to_linear expects transformers' Conv1D (or an nn.Linear), got {type(layer).__name__}")
+    in_features, out_features = layer.weight.shape  # (in, out): the transpose of nn.Linear's layout
+    linear = nn.Linear(in_features, out_features, bias=layer.bias is not None,
+                       device=layer.weight.device, dtype=layer.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(layer.weight.t())
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+    return linear
+
+
+def quantized_linear_names(model: nn.Module, keep_tied: bool = True, skip: tuple[str, ...] = (),
+                           conv1d: bool = False) -> list[str]:
     """Names of the ``nn.Linear`` layers the ``quantize_*`` functions replace. Chapter 07 (inference).
 
     Every ``nn.Linear`` except those named in ``skip`` and, with ``keep_tied=True``, those whose weight
     is tied to another module. GPT's ``lm_head`` *is* the token embedding matrix: quantizing it would
     either break the tie (an int8 copy next to the float embedding: more memory, not less) or force
     the embedding lookup through 8 bits too. So by default it stays in full precision, as
-    bitsandbytes and LLM.int8 also keep the output layer.
+    bitsandbytes and LLM.int8 also keep the output layer. ``conv1d=True``: transformers' ``Conv1D``
+    layers too (GPT-2's ``c_attn``, ``c_proj``, ``c_fc``), which the ``quantize_*`` functions convert with
+    ``conv1d_to_linear`` and quantize.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     names = []
     for name, module in model.named_modules():
-        if type(module) is not nn.Linear or name in skip:
+        if not (type(module) is nn.Linear or (conv1d and _is_conv1d(module))) or name in skip:
             continue
         if keep_tied and _tied_weight(model, module):
             continue
@@ -127,6 +174,24 @@ def _replace_modules(model: nn.Module, names: list[str], make: Callable[[nn.Line
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, make(getattr(parent, child)))
     return model
+
+
+def _layers_to_quantize(model: nn.Module, keep_tied: bool, skip: tuple[str, ...], caller: str) -> list[str]:
+    """The names to quantize, with every ``Conv1D`` among them already turned into an ``nn.Linear``.
+
+    Raises a ``ValueError`` when the model has nothing to quantize and nothing quantized already, so a
+    model of other layer types is never returned "quantized" with every weight still in float.
+    """
+    names = quantized_linear_names(model, keep_tied, skip, conv1d=True)
+    if not names and not quantized_layers(model):
+        kinds = sorted({type(m).__name__ for m in model.modules() if next(m.parameters(False), None) is not None})
+        raise ValueError(
+            f"{caller} found no layer to quantize in this {type(model).__name__}: it replaces nn.Linear and "
+            f"transformers' Conv1D layers (untied, not in skip={skip!r}), and the model's layers with weights "
+            f"are {kinds}. Tied layers stay float unless keep_tied=False"
+        )
+    _replace_modules(model, [n for n in names if _is_conv1d(model.get_submodule(n))], conv1d_to_linear)
+    return names
 
 
 def _prepare(model: nn.Module, inplace: bool) -> nn.Module:
@@ -178,10 +243,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
-        """Quantize an ``nn.Linear``'s weight (the bias stays float: it is tiny)."""
+    def from_linear(cls, linear: nn.Module) -> Int8Linear:
+        """Quantize an ``nn.Linear``'s (or a transformers ``Conv1D``'s) weight; the bias stays float: it is tiny."""
+        if _is_conv1d(linear):
+            linear = conv1d_to_linear(linear)  # (in, out) -> (out, in): one scale per output channel
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"Int8Linear.from_linear expects an nn.Linear, got {type(linear).__name__}")
+            raise TypeError(f"Int8Linear.from_linear expects an nn.Linear or transformers' Conv1D, got "
+                            f"{type(linear).__name__}")
         layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
         q, scale = int8_quantize(linear.weight)
         layer.weight_int8.copy_(q)
@@ -207,12 +275,14 @@ def quantize_int8(model: nn.Module, keep_tied: bool = True, skip: tuple[str, ...
                   inplace: bool = False) -> nn.Module:
     """The model with every ``nn.Linear`` replaced by an ``Int8Linear``. Chapter 07 (inference).
 
+    transformers' ``Conv1D`` layers (GPT-2) are quantized too, with their (in, out) weight transposed.
     ``keep_tied`` / ``skip``: see ``quantized_linear_names`` (GPT's tied lm_head stays float by
     default). Returns a quantized copy (``inplace=True``: changes ``model`` itself), in eval mode.
     Quantized weights are frozen: this is for inference (chapter 06's QLoRA trains adapters on top).
+    Raises ``ValueError`` if the model has no such layer to quantize.
     """
     model = _prepare(model, inplace)
-    names = quantized_linear_names(model, keep_tied, skip)
+    names = _layers_to_quantize(model, keep_tied, skip, "quantize_int8")
     return _replace_modules(model, names, Int8Linear.from_linear).eval()
 
 
@@ -267,7 +337,7 @@ def _quantize_torch_ao_dynamic(model: nn.Module, names: list[str]) -> nn.Module:
 
 def quantize_int8_library(model: nn.Module, method: str = "auto", keep_tied: bool = True,
                           skip: tuple[str, ...] = (), inplace: bool = False) -> nn.Module:
-    """int8-quantize the model's ``nn.Linear`` layers with a library. Chapter 07 (inference).
+    """int8-quantize the model's ``nn.Linear`` (and GPT-2 ``Conv1D``) layers with a library. Chapter 07.
 
     ``method`` (see the module docstring for what each does and how fast it is on a CPU):
 
@@ -278,9 +348,11 @@ def quantize_int8_library(model: nn.Module, method: str = "auto", keep_tied: boo
     * ``"auto"``: torchao weight-only if torchao is installed, else torch.ao-dynamic (with a warning).
 
     Weights are quantized per output channel, like ``Int8Linear``; the dynamic methods also round
-    each batch of activations to 8 bits. CPU only for ``"torch.ao-dynamic"``. Returns a quantized
-    copy (``inplace=True``: ``model`` itself), in eval mode. A torchao method without torchao raises
-    ``MissingDependencyError`` (pip install torchao).
+    each batch of activations to 8 bits. Neither library knows transformers' ``Conv1D`` (each would
+    skip it), so those layers are first converted to the equal ``nn.Linear`` (``conv1d_to_linear``).
+    CPU only for ``"torch.ao-dynamic"``. Returns a quantized copy (``inplace=True``: ``model`` itself),
+    in eval mode. A torchao method without torchao raises ``MissingDependencyError`` (pip install
+    torchao); a model with no layer to quantize, ``ValueError``.
     """
     if method == "auto":
         if torchao_available():
@@ -294,7 +366,7 @@ def quantize_int8_library(model: nn.Module, method: str = "auto", keep_tied: boo
     if method.startswith("torchao"):
         _import_torchao()  # fail before copying the model
     model = _prepare(model, inplace).eval()
-    names = quantized_linear_names(model, keep_tied, skip)
+    names = _layers_to_quantize(model, keep_tied, skip, "quantize_int8_library")
     if method == "torch.ao-dynamic":
         device = next(model.parameters()).device
         if device.type != "cpu":
@@ -496,11 +568,14 @@ class NF4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, block_size: int = 64, double_quant: bool = True,
+    def from_linear(cls, linear: nn.Module, block_size: int = 64, double_quant: bool = True,
                     dq_block_size: int = 256) -> NF4Linear:
-        """Quantize an ``nn.Linear``'s weight to NF4."""
+        """Quantize an ``nn.Linear``'s (or a transformers ``Conv1D``'s, transposed) weight to NF4."""
+        if _is_conv1d(linear):
+            linear = conv1d_to_linear(linear)
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"NF4Linear.from_linear expects an nn.Linear, got {type(linear).__name__}")
+            raise TypeError(f"NF4Linear.from_linear expects an nn.Linear or transformers' Conv1D, got "
+                            f"{type(linear).__name__}")
         q = nf4_quantize(linear.weight, block_size, double_quant, dq_block_size)
         return cls(q, linear.bias)
 
@@ -530,11 +605,13 @@ def quantize_nf4(model: nn.Module, block_size: int = 64, double_quant: bool = Tr
                  keep_tied: bool = True, skip: tuple[str, ...] = (), inplace: bool = False) -> nn.Module:
     """A weight-only 4-bit model: every ``nn.Linear`` becomes an ``NF4Linear``. Chapter 07 (inference).
 
-    Defaults are QLoRA's: blocks of 64, double quantization with blocks of 256. ``keep_tied`` / ``skip``:
-    see ``quantized_linear_names``. Returns a quantized copy (``inplace=True``: ``model`` itself).
+    Defaults are QLoRA's: blocks of 64, double quantization with blocks of 256. transformers' ``Conv1D``
+    layers (GPT-2) are quantized too, transposed to (out, in) first. ``keep_tied`` / ``skip``: see
+    ``quantized_linear_names``. Returns a quantized copy (``inplace=True``: ``model`` itself). Raises
+    ``ValueError`` if the model has no such layer to quantize.
     """
     model = _prepare(model, inplace)
-    names = quantized_linear_names(model, keep_tied, skip)
+    names = _layers_to_quantize(model, keep_tied, skip, "quantize_nf4")
     make = lambda linear: NF4Linear.from_linear(linear, block_size, double_quant, dq_block_size)  # noqa: E731
     return _replace_modules(model, names, make).eval()
 
@@ -576,6 +653,27 @@ def model_size_bytes(model: nn.Module) -> int:
         if type(module).__name__ == "LinearPackedParams":
             tensors.extend(t for t in module._weight_bias() if t is not None)
     return sum(_plain_bytes(t) for t in tensors)
+
+
+def quantized_layers(model: nn.Module) -> list[str]:
+    """Names of the layers whose weight is stored in 8 or 4 bits, whoever quantized them. Chapter 07.
+
+    ``Int8Linear`` and ``NF4Linear`` (this module), torch.ao's dynamic quantized ``Linear``
+    (``quantize_dynamic``), and any layer whose ``weight`` is a torchao quantized tensor. A float
+    ``nn.Linear`` or ``Conv1D`` is not listed: this is how to check that a quantizer did its work.
+    """
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    names = []
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        torch_ao = type(module).__module__.startswith("torch.ao.nn.quantized") and type(module).__name__ == "Linear"
+        if (isinstance(module, (Int8Linear, NF4Linear)) or torch_ao
+                or weight is not None and is_traceable_wrapper_subclass(weight)):
+            names.append(name)
+    return names
 
 
 def quantization_error(original: torch.Tensor, approx: torch.Tensor) -> dict[str, float]:

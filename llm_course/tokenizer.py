@@ -231,12 +231,32 @@ class _MergeLoop:
                 heapq.heappush(self.heap, (-count, new_pair))
 
 
+def _check_utf8(text: str, what: str = "text") -> None:
+    """Refuse text that UTF-8 cannot encode (a lone surrogate such as "\\ud83d"), saying where it is.
+
+    Byte-level BPE starts from the UTF-8 bytes of the text. A lone surrogate (half of a UTF-16 pair,
+    e.g. from a JSON "\\ud83d" escape or a string sliced in the middle of a surrogate pair) has no
+    UTF-8 encoding, and Python's bare ``UnicodeEncodeError`` would not say what to do about it.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = text[e.start:e.end]
+        raise ValueError(
+            f"{what} contains {bad!r} at position {e.start} (a lone surrogate, half of a UTF-16 pair), "
+            "which has no UTF-8 encoding, so it cannot be tokenized. Fix the text where it was read "
+            "(e.g. decode JSON or bytes properly), or replace such characters: "
+            "text.encode('utf-8', 'replace').decode('utf-8') turns each into '?'"
+        ) from None
+
+
 def _count_words(texts: Iterable[str], special_re: regex.Pattern | None) -> Counter[str]:
     """Pre-tokenize every text into words and count them (special tokens are cut out)."""
     word_counts: Counter[str] = Counter()
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts must be strings; item {i} is a {type(text).__name__}")
+        _check_utf8(text, f"training text {i}")
         chunks = special_re.split(text)[::2] if special_re is not None else [text]
         for chunk in chunks:
             word_counts.update(_GPT2_SPLIT_RE.findall(chunk))
@@ -418,6 +438,7 @@ class ByteLevelBPETokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}; for many texts use encode_batch")
+        _check_utf8(text)
         allowed = self._allowed_specials(allowed_special)
         if allowed == set(self._special_tokens):
             special_re = self._special_re
@@ -720,6 +741,7 @@ def bpe_merge_steps(text: str, num_merges: int) -> list[dict[str, Any]]:
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not isinstance(num_merges, int) or isinstance(num_merges, bool) or num_merges < 0:
         raise ValueError(f"num_merges must be a non-negative int, got {num_merges!r}")
+    _check_utf8(text)
     b2u = bytes_to_unicode()
     byte_ids = _byte_token_ids(first_id=0)
     id_to_token = [""] * 256

@@ -168,6 +168,34 @@ def test_fully_masked_query_gives_zeros_not_nan():
     torch.testing.assert_close(out, fast)
 
 
+def _sdpa_torch_2_4(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """torch 2.4's math SDPA (before pytorch/pytorch#133882): plain softmax, NaN for all -inf rows."""
+    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if is_causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[2], key_length=k.shape[2]), float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+    return torch.softmax(scores, -1) @ v
+
+
+@pytest.mark.parametrize("additive", [False, True])
+def test_fully_masked_query_gives_zeros_on_torch_2_4_too(monkeypatch, additive):
+    """pyproject allows torch>=2.4, whose kernel returns NaN for a query that sees no key; the course's
+    fast path must return zeros (and finite gradients) whatever the kernel does with such rows."""
+    q, k, v = (t.requires_grad_() for t in _qkv(2, 2, 4, 4, 8))
+    mask = combine_masks(causal_mask(4), padding_mask(torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])))
+    if additive:
+        mask = to_additive_mask(mask)
+    assert torch.isnan(_sdpa_torch_2_4(q, k, v, attn_mask=mask)).any()  # the old kernel's behaviour
+    expected, _ = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", _sdpa_torch_2_4)
+    out, _ = fast_scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, expected)
+    assert torch.all(out[0, :, :2] == 0) and not torch.isnan(out).any()
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 def test_dropout_drops_weights_in_written_out_attention():
     torch.manual_seed(0)
     q, k, v = _qkv(2, 2, 16, 16, 4)

@@ -634,3 +634,63 @@ def test_public_api_has_chapter_docstrings():
         obj = getattr(data, name)
         if callable(obj) or inspect.isclass(obj):
             assert "Chapter" in (obj.__doc__ or ""), name
+
+
+# ----------------------------------------------------------------------------------------
+# the cost of a script in tokens (chapter 01's multilinguality, the figure notebooks 04 and 08 state)
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bytes_only():
+    """A byte-level tokenizer with no merges: every UTF-8 byte is one token."""
+    from llm_course.tokenizer import ByteLevelBPETokenizer
+
+    return ByteLevelBPETokenizer.train("x", vocab_size=257)
+
+
+class _OneTokenPerWord:
+    """A transformers-like stand-in: encode(text, add_special_tokens=...) gives one id per word."""
+
+    def encode(self, text, add_special_tokens=True):
+        return list(range(len(text.split()) + (2 if add_special_tokens else 0)))
+
+
+def test_cyrillic_token_cost_by_hand(bytes_only):
+    # "да нет": 2 + 2 bytes, a space, 3 x 2 bytes = 11 tokens for 5 letters; the comma, "!", digits,
+    # Latin letters and line breaks are not Cyrillic and are left out (words rejoined with one space).
+    assert data.cyrillic_token_cost(bytes_only, "да, нет!") == pytest.approx(11 / 5)
+    assert data.cyrillic_token_cost(bytes_only, "Ёж 42 ok\nёлка.") == pytest.approx((4 + 1 + 8) / 6)
+    # whole words: one token per word (special tokens not added), so 1 / mean word length
+    assert data.cyrillic_token_cost(_OneTokenPerWord(), "Привет, мир!") == pytest.approx(2 / 9)
+    assert data.latin_token_cost(bytes_only, "Hello, world 42 привет") == pytest.approx(11 / 10)
+    assert data.latin_token_cost(_OneTokenPerWord(), "Hello, world!") == pytest.approx(2 / 10)
+
+
+def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer(bytes_only):
+    """course-gpt's tokenizer, measured on the Russian dialogs, through the course's encoder and through
+    the same tokenizer.json in Hugging Face's Rust ``tokenizers``: the same figure, between whole words
+    and one token per byte."""
+    from tokenizers import Tokenizer
+
+    from llm_course.tokenizer import ByteLevelBPETokenizer
+    from llm_course.zoo import checkpoint_dir
+
+    folder = checkpoint_dir("course-gpt")
+    ours = data.cyrillic_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
+    rust = data.cyrillic_token_cost(Tokenizer.from_file(str(folder / "tokenizer.json")))
+    assert ours == rust
+    assert data.cyrillic_token_cost(bytes_only) == pytest.approx(2.0, abs=0.2)  # 2 bytes a letter, + spaces
+    assert 0.3 < ours < 1.5  # it learned some Cyrillic merges, far from whole words
+    english = data.latin_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
+    assert english < ours / 2  # English is much cheaper for it
+
+
+@pytest.mark.parametrize("tokenizer, text, error, match", [
+    (object(), "привет", TypeError, "must have an encode"),
+    ("_bytes", b"\xd0\xb4\xd0\xb0", TypeError, "text must be a string, got bytes"),
+    ("_bytes", "hello, world 42", ValueError, "no Cyrillic letters"),
+])
+def test_cyrillic_token_cost_bad_input(bytes_only, tokenizer, text, error, match):
+    with pytest.raises(error, match=match):
+        data.cyrillic_token_cost(bytes_only if tokenizer == "_bytes" else tokenizer, text)

@@ -1,4 +1,4 @@
-"""Tests for llm_course.finetuning: Trainer fine-tuning (5.x), the manual's errors, the memory harness."""
+"""Tests for llm_course.finetuning: Trainer fine-tuning (4.50 to 5.x), the manual's errors, the memory harness."""
 
 import copy
 import math
@@ -18,13 +18,16 @@ from llm_course.finetuning import (  # noqa: E402
     ExampleDataset,
     _default_collator,
     comparison_table,
+    OLDEST_TRANSFORMERS,
     demonstrate_manual_errors,
     lm_examples,
+    manual_error_expected,
     measure_finetuning,
     plot_comparison,
     saved_activation_bytes,
     trainer_finetune,
     trainer_history,
+    training_arguments,
 )
 from llm_course.lora import count_parameters
 from llm_course.zoo import checkpoint_dir  # noqa: E402
@@ -190,17 +193,63 @@ def test_lm_examples_blocks_and_dataset(tokenizer):
 
 
 def test_demonstrate_manual_errors_reports_the_real_failures(base_tokenizer):
-    results = {r["manual"].split("(")[0] + str(i): r for i, r in enumerate(demonstrate_manual_errors(base_tokenizer))}
-    errors = [r["error"] for r in results.values()]
-    assert all(errors), errors  # every manual spelling fails on transformers 5
-    assert errors[0].startswith("TypeError") and "evaluation_strategy" in errors[0]
-    assert errors[1].startswith("TypeError") and "logging_dir" in errors[1]
-    assert errors[2].startswith("TypeError") and "'tokenizer'" in errors[2]
+    rows = demonstrate_manual_errors(base_tokenizer)
+    assert len(rows) == 7
+    assert all(r["fix"] and r["why"] for r in rows)
+    # what fails is what the recorded version history says, on whichever transformers is installed
+    assert [(r["error"] is not None) for r in rows] == [manual_error_expected(r) for r in rows]
+    assert [r["fails_since"] for r in rows] == ["4.51", "5.0", "5.0"] + [OLDEST_TRANSFORMERS] * 4
+    errors = [r["error"] or "" for r in rows]
+    if manual_error_expected(rows[0]):
+        assert errors[0].startswith("TypeError") and "evaluation_strategy" in errors[0]
+    else:
+        assert "evaluation_strategy" in rows[0]["warning"]
+    if manual_error_expected(rows[1]):
+        assert errors[1].startswith("TypeError") and "logging_dir" in errors[1]
+    if manual_error_expected(rows[2]):
+        assert errors[2].startswith("TypeError") and "'tokenizer'" in errors[2]
+    else:
+        assert "tokenizer" in rows[2]["warning"]  # 4.46-4.57: a FutureWarning, and it runs
     assert errors[3].startswith("ValueError") and "eval_dataset" in errors[3]
     assert errors[4].startswith("ValueError") and "padding token" in errors[4]
     assert errors[5].startswith("NameError")
     assert errors[6].startswith("ValueError") and "did not return a loss" in errors[6]
-    assert all(r["fix"] and r["why"] for r in results.values())
+
+
+def test_manual_error_expected_compares_releases():
+    row = {"fails_since": "5.0"}
+    assert manual_error_expected(row, "5.0.0") and manual_error_expected(row, "5.0.0.dev0")
+    assert manual_error_expected(row, "5.25.0") and not manual_error_expected(row, "4.57.1")
+    assert manual_error_expected({"fails_since": "4.51"}, "4.51.0")
+    assert not manual_error_expected({"fails_since": "4.51"}, "4.50.3")
+    assert manual_error_expected({"fails_since": OLDEST_TRANSFORMERS}, "4.50.0")
+    with pytest.raises(KeyError, match="demonstrate_manual_errors"):
+        manual_error_expected({"error": None}, "5.0")
+
+
+def test_oldest_transformers_matches_pyproject():
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert f'"transformers>={OLDEST_TRANSFORMERS}"' in text
+
+
+def test_training_arguments_is_what_trainer_finetune_runs(tokenizer, tmp_path):
+    data = cycle_examples(10, 8)
+    settings = dict(max_steps=4, lr=1e-3, batch_size=4, eval_steps=2, seed=3, warmup_steps=1, weight_decay=0.01,
+                    gradient_accumulation_steps=2)
+    args = training_arguments(tmp_path / "a", **settings)
+    assert (args.eval_strategy, args.save_strategy) == ("steps", "steps")
+    assert args.save_steps == args.eval_steps == args.logging_steps == 2
+    assert (args.warmup_steps, args.weight_decay, args.gradient_accumulation_steps) == (1, 0.01, 2)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
+    trainer, _ = trainer_finetune(tiny_gpt2(len(tokenizer)), tokenizer, data, data, tmp_path / "a", disable_tqdm=True,
+                                  **settings)
+    for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "warmup_steps",
+                 "weight_decay", "eval_strategy", "eval_steps", "save_steps", "bf16", "fp16", "seed"):
+        assert getattr(trainer.args, name) == getattr(args, name), name
+    with pytest.raises(TypeError, match="removed in 5"):
+        training_arguments(tmp_path, logging_dir="./logs")
+    with pytest.raises(TypeError, match="4.51"):
+        training_arguments(tmp_path, evaluation_strategy="steps")
 
 
 # --------------------------------------------------------------------------------------------

@@ -297,6 +297,11 @@ def test_invalid_settings_are_clear_errors(gpt, kwargs, match):
 def test_bad_prompts_are_clear_errors(gpt):
     with pytest.raises(ValueError, match="empty"):
         generate(gpt, torch.zeros(1, 0, dtype=torch.long))
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"shape \(batch, seq_len\) or \(seq_len,\), got a 3-D tensor of shape "
+                                         r"\(1, 1, 3\)") as info:
+        generate(gpt, ids[None])  # a batch wrapped once more: not an empty prompt
+    assert "empty" not in str(info.value) and "squeeze" in str(info.value)
     with pytest.raises(ValueError, match="context window of 48"):
         generate(gpt, torch.ones(1, 40, dtype=torch.long), max_new_tokens=10)
     with pytest.raises(TypeError, match="LongTensor"):
@@ -316,3 +321,25 @@ def test_sequence_logprob_and_distinct_n_closed_form(gpt):
         sequence_logprob(gpt, ids, 5)
     assert distinct_n("a b a b a b", 2) == pytest.approx(2 / 5)
     assert distinct_n(["a b c", "d e f"], 2) == 1.0 and distinct_n("a", 2) == 1.0
+
+
+# ---------------------------------------------------------------- the manual's section-7 max_length
+
+
+def test_max_length_counts_the_prompt_in_transformers_and_is_refused_here(gpt, hf):
+    """ERRATA 7: the manual's generate_text(..., max_length=100) bounds prompt + new tokens. A prompt of
+    n tokens and max_length = n + 3 gives 3 new tokens, not max_length; a prompt as long as max_length
+    gives none (transformers 5 raises; older releases warned and made one). max_new_tokens says what is meant."""
+    prompt = torch.tensor([[5, 17, 42, 8, 11, 3, 9, 60]])
+    n, mask = prompt.shape[1], torch.ones_like(prompt)
+    out = hf.generate(prompt, attention_mask=mask, max_length=n + 3, do_sample=False, pad_token_id=0)
+    assert out.shape[1] - n == 3
+    assert torch.equal(out, generate(gpt, prompt, max_new_tokens=3))
+    try:
+        out = hf.generate(prompt, attention_mask=mask, max_length=n, do_sample=False, pad_token_id=0)
+        assert out.shape[1] - n <= 1
+    except ValueError as error:
+        assert "max_new_tokens" in str(error)
+    assert generate(gpt, prompt, max_new_tokens=n).shape[1] == 2 * n  # the course: n new tokens, whatever the prompt
+    with pytest.raises(ValueError, match=r"max_length=100 is not a setting here.*counts the prompt.*max_new_tokens"):
+        generate(gpt, prompt, max_length=100)

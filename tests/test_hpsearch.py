@@ -257,6 +257,31 @@ def test_summary_counts_stopped_trials_and_saved_steps():
     assert s["trial_seconds"] == pytest.approx(9.0)
     assert s["trial_seconds_if_all_finished"] == pytest.approx(12.0)  # 3 s per 30-step trial, 4 trials
     assert s["best_config"] == {"lr": 1e-2, "batch_size": 8, "weight_decay": 0.1} and s["best_eval_loss"] == 2.0
+    assert s["best_config_by_train_loss"] is None  # these trials carry no training loss
+
+
+def test_the_manuals_choice_by_training_loss_can_pick_the_overfitting_trial():
+    result = make_result()
+    for t, train_loss in zip(result.trials, [1.5, 4.0, 0.9, 3.0]):  # trial 2 fits its batches best...
+        t["train_loss"] = train_loss
+    s = result.summary()
+    assert s["best_config"]["lr"] == 1e-2 and s["best_eval_loss"] == 2.0  # ...trial 0 generalizes best
+    assert s["best_config_by_train_loss"] == {"lr": 3e-3, "batch_size": 8, "weight_decay": 0.1}
+    assert s["eval_loss_of_best_by_train_loss"] == 3.1
+
+
+def test_a_gpu_request_on_a_machine_without_one_is_refused_not_left_pending():
+    """The manual's resources_per_trial={"cpu": 2, "gpu": 1}: Tune would keep every trial PENDING forever."""
+    assert hpsearch.MANUAL_RESOURCES == {"cpu": 2, "gpu": 1}
+    with pytest.raises(ValueError, match=r"1 GPU per trial, but the cluster has 0.*PENDING forever"):
+        hpsearch.check_trial_resources(hpsearch.MANUAL_RESOURCES, available={"CPU": 2.0, "memory": 1e9})
+    with pytest.raises(ValueError, match=r"4 CPU per trial, but the cluster has 2"):
+        hpsearch.check_trial_resources({"cpu": 4}, available={"CPU": 2.0})
+    assert hpsearch.check_trial_resources(hpsearch.MANUAL_RESOURCES, available={"CPU": 8.0, "GPU": 1.0})
+    with pytest.raises(TypeError, match="non-empty dict"):
+        hpsearch.check_trial_resources({}, available={"CPU": 2.0})
+    with pytest.raises(ValueError, match="must be a number >= 0"):
+        hpsearch.check_trial_resources({"cpu": -1}, available={"CPU": 2.0})
 
 
 def test_plot_trials_draws_stopped_trials_shorter_and_grey():
@@ -336,6 +361,9 @@ def test_real_search_stops_trials_early_and_manual_version_does_not(job, ray_ses
     assert [(t["lr"], t["batch_size"]) for t in manual.trials] == [(t["lr"], t["batch_size"]) for t in asha.trials]
     with pytest.raises(ValueError, match="already running"):
         hpsearch.run_search(job, space, num_cpus=1, **kwargs)
+    assert all(math.isfinite(t["train_loss"]) for t in manual.trials)
+    with pytest.raises(ValueError, match="3 CPU per trial, but the cluster has 2"):  # not pending forever
+        hpsearch.run_search(job, space, **{**kwargs, "cpus_per_trial": 3})
 
 
 @pytest.mark.skipif(importlib.util.find_spec("rfc3987_syntax") is None, reason="rfc3987_syntax is not installed here")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packaging.version import Version
 from safetensors.torch import load_file, save_file
 
 peft = pytest.importorskip("peft")
@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
+import llm_course.lora as lora_module  # noqa: E402
 from llm_course.data import MissingDependencyError  # noqa: E402
 from llm_course.gpt import GPT, GPTConfig  # noqa: E402
 from llm_course.lora import (
@@ -441,9 +442,7 @@ def test_bitsandbytes_qlora_without_cuda_is_a_clear_error(monkeypatch, no_loadin
 
 def test_bitsandbytes_qlora_without_bitsandbytes_is_a_clear_error(monkeypatch, no_loading):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))
+    monkeypatch.setattr(lora_module, "_bitsandbytes_installed", lambda: False)
     with pytest.raises(MissingDependencyError, match="pip install bitsandbytes") as info:
         bitsandbytes_qlora("gpt2")
     assert any("apply_qlora" in note for note in info.value.__notes__)
@@ -453,9 +452,8 @@ def test_bitsandbytes_qlora_recipe_loads_in_4bit_before_preparing(monkeypatch, g
     """The manual's bug: prepare_model_for_kbit_training on an unquantized model. Check the wiring."""
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "bitsandbytes" else real_find_spec(name, *a))
+    # only bitsandbytes_qlora's check is told it is installed: peft's own look-up must still see the truth
+    monkeypatch.setattr(lora_module, "_bitsandbytes_installed", lambda: True)
 
     def from_pretrained(name, **kwargs):
         calls.append(("from_pretrained", name, kwargs))
@@ -475,6 +473,11 @@ def test_bitsandbytes_qlora_recipe_loads_in_4bit_before_preparing(monkeypatch, g
     assert isinstance(model, peft.PeftModel)
     assert model.peft_config["default"].target_modules == {"c_attn"}
     assert model.peft_config["default"].lora_dropout == 0.05  # the default here
+    # the compute dtype reaches from_pretrained under the name this transformers knows (dtype= from 4.56)
+    dtype_kwarg = "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
+    assert calls[0][2][dtype_kwarg] == torch.float16
+    (other,) = {"dtype", "torch_dtype"} - {dtype_kwarg}
+    assert other not in calls[0][2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,13 @@ import torch
 
 from llm_course.bert import BERT, BERTConfig
 from llm_course.gpt import GPT, GPTConfig
-from llm_course.manual_ch02 import ManualBERTModel, ManualCustomGPT, future_token_influence, padding_influence
+from llm_course.manual_ch02 import (
+    ManualBERTModel,
+    ManualCustomGPT,
+    ManualMultiHeadAttention,
+    future_token_influence,
+    padding_influence,
+)
 
 V = 50
 LEAK = 1e-3  # a real leak changes outputs by far more than float rounding (~1e-6)
@@ -118,3 +124,33 @@ def test_a_correct_boolean_mask_fixes_the_manual_layers(manual_bert):
 
     # nn.TransformerEncoderLayer's eval fast path returns zeros at padded positions; only real ones count
     assert padding_influence(fixed_forward, _ids(T=6), n_pad=4) < 1e-5
+
+
+# ----------------------------------------------------------------------------- section 3's attention
+
+
+def test_manual_attention_with_section_2_mask_is_anti_causal():
+    """Section 2's causal mask (True = forbidden) fed to section 3's attention (mask == 0 -> -1e9):
+    every query sees only the keys *after* it, and the last one, seeing nothing, attends uniformly."""
+    torch.manual_seed(0)
+    attn = ManualMultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 5, 16)
+    mask = ManualCustomGPT(V, d_model=16, n_heads=4, n_layers=1).generate_causal_mask(5)
+    _, w = attn(x, x, x, mask=mask)
+    assert torch.all(w[..., :-1, :].tril() == 0)  # query i < 4: nothing on keys 0..i (itself and the past)
+    assert torch.all(w[..., 0, 1:] > 0)  # query 0 attends only to the future
+    torch.testing.assert_close(w[..., -1, :], torch.full_like(w[..., -1, :], 0.2))  # uniform, not none
+    _, w_ok = attn(x, x, x, mask=~mask)  # the convention it expects: True / 1 = may attend
+    assert torch.all(w_ok.triu(1) == 0)
+    torch.testing.assert_close(w_ok.sum(-1), torch.ones(2, 4, 5))
+
+
+def test_manual_attention_overflows_in_fp16_and_course_attention_does_not():
+    from llm_course.attention import MultiHeadAttention, causal_mask
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 16, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="overflow"):
+        ManualMultiHeadAttention(16, 4).half()(x, x, x, mask=causal_mask(5))
+    out = MultiHeadAttention(16, 4).half()(x, attn_mask=causal_mask(5), need_weights=True)
+    assert torch.isfinite(out.output).all() and torch.all(out.weights.float().triu(1) == 0)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import shlex
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +24,14 @@ from llm_course.monitoring import (
     DivergenceWarning,
     ExplodingGradientError,
     TensorBoardLogger,
+    gradient_norm_timing,
+    manual_monitor_gradients,
     plot_scalars,
     read_scalars,
     tensorboard_command,
     wandb_offline_logger,
 )
-from llm_course.training import NonFiniteLossError, TrainConfig, train
+from llm_course.training import NonFiniteLossError, TrainConfig, _model_loss, train
 
 V, T = 64, 16
 DATA = torch.randint(0, V - 1, (2000,), generator=torch.Generator().manual_seed(7))  # token V-1 never occurs
@@ -444,17 +449,6 @@ def test_every_public_name_says_its_chapter():
     assert monitoring.MonitorCallback.__qualname__ == "MonitorCallback"
 
 
-def manual_monitor_gradients(model):
-    """The manual's ``monitor_gradients`` (chapter 9, "Мониторинг и отладка"), verbatim."""
-    total_norm = 0
-    for name, param in model.named_parameters():
-        if param.grad is not None:
-            param_norm = param.grad.data.norm(2)
-            total_norm += param_norm.item() ** 2
-    total_norm = total_norm ** (1. / 2)
-    return total_norm
-
-
 def test_manual_monitor_gradients_measures_too_late(tmp_path):
     """Called from a Trainer callback, the manual's function sees cleared or clipped gradients: a 10^4 spike
     is invisible to it, while the Trainer's logged grad_norm (before clipping) shows it."""
@@ -477,3 +471,56 @@ def test_manual_monitor_gradients_measures_too_late(tmp_path):
     assert logged[3] > 1000 and all(n < 10 for i, n in enumerate(logged) if i != 3)
     assert all(n <= 1.0 + 1e-5 for n in seen["pre_optimizer"])  # after clipping: the spike reads as 1.0
     assert seen["pre_optimizer"][3] == pytest.approx(1.0, rel=1e-5)
+
+
+MANUAL_TEXT = Path(__file__).resolve().parents[2] / "shared" / "manual" / "llm-manual-ru.md"
+
+
+@pytest.mark.skipif(not MANUAL_TEXT.exists(), reason="the manual (../shared/manual) is not beside this checkout")
+def test_manual_monitor_gradients_is_the_manuals_code():
+    import inspect
+
+    body = inspect.getsource(manual_monitor_gradients).split('"""')[-1]  # the code after the docstring
+    manual = MANUAL_TEXT.read_text(encoding="utf-8")
+    for line in body.strip().splitlines():
+        assert line.strip() in manual, line
+
+
+def test_gradient_norm_timing_against_an_independent_norm():
+    """The manual's reading is right only before clipping; after clipping a 10^4 spike reads as max_norm,
+    after zero_grad 0.0. The course's number (clip_grad_norm_'s return) is the norm before clipping."""
+    torch.manual_seed(0)
+    model = tiny_gpt()
+    ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(3))
+    _model_loss(model, {"input_ids": ids, "labels": ids}).backward()
+    reference = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in model.parameters() if p.grad is not None))
+    n_grads = sum(p.grad is not None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    weights = [p.detach().clone() for p in model.parameters()]
+    r = gradient_norm_timing(model, {"input_ids": ids, "labels": ids}, max_grad_norm=1.0, spike=1e4)
+    assert r["course"] == pytest.approx(1e4 * reference, rel=1e-4)
+    assert r["manual, before clipping"] == pytest.approx(1e4 * reference, rel=1e-4)
+    assert r["manual, after clipping"] == pytest.approx(1.0, rel=1e-4)
+    assert r["manual, after zero_grad"] == 0.0
+    assert r["item_calls"] == n_grads > 1
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))  # no step was taken
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="'input_ids' and 'labels'"):
+        gradient_norm_timing(model, {"input_ids": ids})
+    with pytest.raises(ValueError, match="spike must be a positive finite number"):
+        gradient_norm_timing(model, {"input_ids": ids, "labels": ids}, spike=0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed (pip install wandb)")
+def test_real_wandb_writes_an_offline_run_folder(monkeypatch, tmp_path):
+    """The real package, offline: no login, no network; the run is a local folder `wandb sync` can upload."""
+    monkeypatch.setenv("WANDB_MODE", "online")  # overridden: the logger always runs offline
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    logger = wandb_offline_logger("ch09-test", tmp_path / "wb", config={"lr": 1e-3})
+    for step in (1, 2, 3):
+        logger({"step": step, "loss": 1.0 / step, "lr": 1e-3, "grad_norm": 0.5, "eval": {"loss": 2.0}})
+    logger.finish()
+    assert os.environ["WANDB_MODE"] == "offline"
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), runs

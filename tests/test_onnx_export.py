@@ -20,6 +20,8 @@ from llm_course.onnx_export import (
     execution_providers,
     export_onnx,
     quantize_onnx_int8,
+    tensorrt_session,
+    tensorrt_status,
 )
 from llm_course.pretraining import generate
 
@@ -138,6 +140,37 @@ def test_execution_providers():
         assert execution_providers("cuda")[-1] == "CPUExecutionProvider"
     with pytest.raises(ValueError, match="device must be one of"):
         execution_providers("tpu")
+
+
+def test_tensorrt_status_names_what_is_missing(monkeypatch, tmp_path):
+    """Each missing piece (GPU, TensorRT, onnxruntime's provider) is named, with what to install."""
+    import importlib.util
+
+    import llm_course.onnx_export as ox
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ready, why = tensorrt_status()
+    assert not ready and "no CUDA GPU" in why
+    with pytest.raises(RuntimeError, match="TensorRT cannot run here: no CUDA GPU"):
+        tensorrt_session(tmp_path / "gpt.onnx")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorrt" else real_find_spec(name, *a))
+    ready, why = tensorrt_status()
+    assert not ready and "pip install tensorrt" in why
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(ox, "available_providers", lambda: ["CPUExecutionProvider"])
+    ready, why = tensorrt_status()
+    assert not ready and "pip install onnxruntime-gpu" in why and "CPUExecutionProvider" in why
+
+
+@pytest.mark.skipif(not tensorrt_status()[0], reason="needs a CUDA GPU, TensorRT and onnxruntime-gpu")
+def test_tensorrt_logits_match_pytorch(model, exported):  # pragma: no cover - only where TensorRT runs
+    session = tensorrt_session(exported.path)
+    x = _ids(2, 9, seed=3)
+    assert check_onnx_logits(model, session, x, atol=5e-2) <= 5e-2  # TF32 matmuls: not 1e-5
+    assert session.generate(x[:1], 8).shape == (1, 17)
 
 
 def test_legacy_torchscript_exporter(model, tmp_path):

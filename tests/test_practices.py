@@ -7,6 +7,7 @@ CPU is a clear error; the manual's deprecated torch.cuda.amp spelling is detecte
 """
 
 import math
+from pathlib import Path
 import warnings
 
 import pytest
@@ -21,6 +22,7 @@ from llm_course.practices import (
     autocast_context,
     checkpointing_report,
     compare_precisions,
+    empty_cache_report,
     find_deprecated_amp,
     is_checkpointing,
     plot_loss_curves,
@@ -257,3 +259,42 @@ def test_manual_amp_spelling_is_deprecated_and_detected():
         torch.amp.GradScaler("cuda", enabled=False)
     with pytest.raises(TypeError, match="string"):
         find_deprecated_amp(None)
+
+
+MANUAL_TEXT = Path(__file__).resolve().parents[2] / "shared" / "manual" / "llm-manual-ru.md"
+
+
+@pytest.mark.skipif(not MANUAL_TEXT.exists(), reason="the manual (../shared/manual) is not beside this checkout")
+def test_manual_amp_is_quoted_as_written():
+    """ERRATA 9: the notebook shows the manual's snippet, not a paraphrase of it."""
+    assert MANUAL_AMP["manual"] in MANUAL_TEXT.read_text(encoding="utf-8")
+
+
+def test_the_manuals_amp_forward_passes_no_labels_so_its_loss_is_none():
+    """`outputs = model(inputs); loss = outputs.loss`: input ids only, so there is no loss to scale."""
+    model = tiny_gpt().to_hf()
+    inputs = batch_of()["input_ids"]
+    assert "model(inputs)" in MANUAL_AMP["manual"] and "model(**batch)" in MANUAL_AMP["current"]
+    assert model(inputs).loss is None
+    assert torch.isfinite(model(input_ids=inputs, labels=inputs).loss)  # the current spelling's batch has labels
+
+
+def test_empty_cache_report_needs_cuda_and_says_so():
+    with pytest.raises(ValueError, match="needs a CUDA device, got 'cpu'.*no such cache"):
+        empty_cache_report("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU"):
+            empty_cache_report("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_empty_cache_frees_cached_blocks_only():
+    rows = {r["moment"]: r for r in empty_cache_report("cuda", megabytes=64)}
+    before, held, still, deleted, emptied = rows.values()
+    assert held["allocated MB"] - before["allocated MB"] == pytest.approx(64, abs=1)
+    assert still["allocated MB"] == held["allocated MB"] and still["reserved MB"] == held["reserved MB"]
+    assert deleted["allocated MB"] == pytest.approx(before["allocated MB"], abs=1)  # the tensor is gone...
+    assert deleted["reserved MB"] >= before["reserved MB"] + 63  # ...but its block stays cached
+    assert emptied["reserved MB"] <= deleted["reserved MB"] - 63  # empty_cache hands it back to the driver
+    with pytest.raises(ValueError, match="megabytes"):
+        empty_cache_report("cuda", megabytes=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import sys
+import warnings
 
 import pytest
 import torch
@@ -29,7 +31,9 @@ from llm_course.quantization import (
     quantization_error,
     quantize_int8,
     quantize_int8_library,
+    conv1d_to_linear,
     quantize_nf4,
+    quantized_layers,
     quantized_linear_names,
     torchao_available,
     unpack_4bit,
@@ -324,3 +328,89 @@ def test_quantization_error_closed_form():
     assert e["relative_rmse"] == pytest.approx(0.1) and e["sqnr_db"] == pytest.approx(20.0)
     with pytest.raises(ValueError, match="shapes differ"):
         quantization_error(x, x[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# GPT-2's Conv1D (ERRATA section 7): the manual's quantize_dynamic skips it; ours must not
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2(model):
+    """The same weights as ``model`` in transformers' GPT2LMHeadModel: Conv1D layers, (in, out) weights."""
+    return model.to_hf().eval()
+
+
+def _conv1d_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+
+
+def test_conv1d_to_linear_is_the_same_map():
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(7, 5)  # nf=7 outputs, nx=5 inputs: weight (5, 7)
+    with torch.no_grad():
+        conv.bias.normal_()
+    linear = conv1d_to_linear(conv)
+    x = torch.randn(3, 4, 5)
+    assert type(linear) is nn.Linear and linear.weight.shape == (7, 5)
+    torch.testing.assert_close(linear(x), conv(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(linear(x), x @ conv.weight + conv.bias)  # Conv1D's definition, by hand
+    # one int8 scale per *output*: per column of the Conv1D weight, not per row
+    layer = Int8Linear.from_linear(conv)
+    torch.testing.assert_close(layer.weight_scale, conv.weight.detach().abs().amax(dim=0) / 127)
+    assert NF4Linear.from_linear(conv).out_features == 7
+    with pytest.raises(TypeError, match="Conv1D"):
+        conv1d_to_linear(nn.Conv1d(2, 2, 1))
+
+
+def test_manual_quantize_dynamic_on_gpt2_quantizes_only_the_tied_lm_head(gpt2):
+    """The manual's call: quantize_dynamic(model, {nn.Linear}). GPT-2's projections are Conv1D, so only the
+    lm_head (tied to the embedding) is an nn.Linear: it alone is quantized, as an untied copy."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its deprecation warnings
+        manual = quantize_dynamic(copy.deepcopy(gpt2), {nn.Linear}, dtype=torch.qint8)
+    assert quantized_layers(manual) == ["lm_head"]
+    assert len(_conv1d_names(manual)) == 4 * CONFIG.n_layer  # c_attn, attn.c_proj, c_fc, mlp.c_proj: float32
+    assert model_size_bytes(manual) > model_size_bytes(gpt2)  # the int8 head is an extra copy: it grows
+
+
+QUANTIZERS = {
+    "int8": quantize_int8,
+    "nf4": quantize_nf4,
+    "torch.ao-dynamic": lambda m: quantize_int8_library(m, "torch.ao-dynamic"),
+    "torchao-weight-only": lambda m: quantize_int8_library(m, "torchao-weight-only"),
+    "torchao-dynamic": lambda m: quantize_int8_library(m, "torchao-dynamic"),
+}
+
+
+@pytest.mark.parametrize("name", list(QUANTIZERS))
+def test_every_quantizer_quantizes_gpt2_conv1d_layers(model, gpt2, ids, name):
+    """Every Conv1D really quantized (none left in float), the tied head kept, and the logits equal to the
+    same quantizer on the course GPT (the same weights in (out, in) layout): the transpose is right."""
+    if name.startswith("torchao") and not torchao_available():
+        pytest.skip("pip install torchao")
+    quantize = QUANTIZERS[name]
+    conv = _conv1d_names(gpt2)
+    q = quantize(gpt2)
+    assert _conv1d_names(q) == [] and _conv1d_names(gpt2) == conv  # the original is untouched
+    assert sorted(quantized_layers(q)) == sorted(conv)
+    assert q.lm_head.weight is q.transformer.wte.weight
+    ours = quantize(model)
+    assert len(quantized_layers(ours)) == len(conv)
+    ref, out = _logits(model, ids), _logits(q, ids)
+    tol = {"nf4": 0.1, "torch.ao-dynamic": 0.05, "torchao-dynamic": 0.05}.get(name, 0.02)
+    assert (out - ref).abs().max() < tol * ref.abs().max()
+    torch.testing.assert_close(out, _logits(ours, ids), rtol=0, atol=1e-4)
+    assert model_size_bytes(q) < 0.5 * model_size_bytes(gpt2)
+
+
+def test_nothing_to_quantize_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"no layer to quantize.*Conv1d"):
+        quantize_int8(nn.Sequential(nn.Conv1d(2, 2, 1)))
+    with pytest.raises(ValueError, match="no layer to quantize"):
+        quantize_nf4(nn.Sequential(nn.Embedding(5, 4)))
+    assert quantized_layers(nn.Linear(2, 2)) == []

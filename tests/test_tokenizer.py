@@ -355,6 +355,24 @@ def test_bad_training_arguments() -> None:
         ByteLevelBPETokenizer.train("x", 300, special_tokens=["!"])
 
 
+def test_lone_surrogate_is_a_clear_error(mixed: ByteLevelBPETokenizer) -> None:
+    """A lone surrogate has no UTF-8 bytes: a ValueError naming it, its position and the fix, not a
+    bare UnicodeEncodeError from str.encode (which the tokenizer would otherwise raise)."""
+    text = "ok \ud83d here"  # the first half of the UTF-16 pair of 🐍, alone
+    with pytest.raises(UnicodeEncodeError):
+        text.encode("utf-8")  # what the tokenizer used to let through
+    for call in (lambda: mixed.encode(text), lambda: mixed.encode_batch(["fine", text]),
+                 lambda: bpe_merge_steps(text, 2)):
+        with pytest.raises(ValueError, match=r"'\\ud83d' at position 3 .*lone surrogate.*'replace'") as info:
+            call()
+        assert not isinstance(info.value, UnicodeError)
+    with pytest.raises(ValueError, match=r"training text 1 contains '\\udc00' at position 1"):
+        ByteLevelBPETokenizer.train(["fine", "x\udc00"], 300)
+    fixed = text.encode("utf-8", "replace").decode("utf-8")  # the fix the message suggests
+    assert fixed == "ok ? here" and mixed.decode(mixed.encode(fixed)) == fixed
+    assert mixed.decode(mixed.encode("ok \U0001f40d here")) == "ok 🐍 here"  # a whole pair is fine
+
+
 def test_unknown_id(mixed: ByteLevelBPETokenizer) -> None:
     with pytest.raises(ValueError, match=r"token id 1500 .*vocab_size=1500"):
         mixed.decode([5, 1500])

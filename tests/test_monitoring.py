@@ -517,10 +517,15 @@ def test_real_wandb_writes_an_offline_run_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "online")  # overridden: the logger always runs offline
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    logger = wandb_offline_logger("ch09-test", tmp_path / "wb", config={"lr": 1e-3})
-    for step in (1, 2, 3):
-        logger({"step": step, "loss": 1.0 / step, "lr": 1e-3, "grad_norm": 0.5, "eval": {"loss": 2.0}})
-    logger.finish()
+    import wandb
+
+    try:
+        logger = wandb_offline_logger("ch09-test", tmp_path / "wb", config={"lr": 1e-3})
+        for step in (1, 2, 3):
+            logger({"step": step, "loss": 1.0 / step, "lr": 1e-3, "grad_norm": 0.5, "eval": {"loss": 2.0}})
+        logger.finish()
+    finally:
+        wandb.teardown()  # stops wandb's service process (wandb-core), which otherwise outlives the test
     assert os.environ["WANDB_MODE"] == "offline"
     runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb")), runs

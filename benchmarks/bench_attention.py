@@ -9,7 +9,7 @@ Chapters 02-03. Everything is measured side by side in one run on the CPU:
    (``profile_memory=True``): each op's own allocations and frees, replayed in time order. The
    written-out version needs about three (B, H, T, T) float tensors at once; the fused one only the
    (B, H, T, D) output, because it never builds the (T, T) matrix.
-2. One training step (forward + backward + AdamW) of ``llm_course.gpt.GPT`` and of
+2. One training step (forward + backward + AdamW) of ``llm_course.models.gpt.GPT`` and of
    ``transformers.GPT2LMHeadModel`` with the same weights, at the same small configs. The rounds
    alternate between the two models so that machine noise hits both alike; the reported speed-up is
    the median of the per-round ratios, by wall clock and by CPU time (target: >= 1.2x).
@@ -25,9 +25,12 @@ from typing import Any, Callable
 
 import torch
 
-from llm_course.attention import fast_scaled_dot_product_attention, scaled_dot_product_attention
 from llm_course.benchtools import record, timeit
-from llm_course.gpt import GPT, GPTConfig
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.attention import (
+    fast_scaled_dot_product_attention,
+    scaled_dot_product_attention,
+)
 
 SEQ_LENS = (64, 128, 256, 512, 1024)
 BATCH, HEADS, HEAD_DIM = 2, 8, 64

@@ -26,9 +26,9 @@ from collections.abc import Callable
 import torch
 
 from llm_course.benchtools import record
-from llm_course.generation import generate
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.zoo import load_pretrained
+from llm_course.infer.generation import generate
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.zoo.loading import load_pretrained
 
 PROMPT = "The function returns"
 

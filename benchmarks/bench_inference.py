@@ -5,7 +5,7 @@ every runtime (torch's default, recorded in the notes):
 
 1. **Latency, int8 vs float32**, on a GPT with random weights big enough for matrix products to
    dominate (n_embd 512, 8 layers, vocab 4096: 27 M parameters): the forward pass of a batch (4 x 128
-   tokens) and greedy generation per token (``llm_course.pretraining.generate``, KV cache, batch 1).
+   tokens) and greedy generation per token (``llm_course.train.pretraining.generate``, KV cache, batch 1).
    The rounds alternate between the variants, so machine noise hits all alike; a speed-up is the
    median of the per-round ratios. Variants: the written-out ``Int8Linear`` (dequantizes in
    forward: memory, not speed), torch.ao's ``quantize_dynamic`` (FBGEMM int8 kernels), torchao
@@ -38,9 +38,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from llm_course.benchtools import record
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.pretraining import generate
-from llm_course.quantization import (
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.quantization import (
     Int8Linear,
     NF4Linear,
     model_size_bytes,
@@ -49,6 +48,7 @@ from llm_course.quantization import (
     quantize_nf4,
     torchao_available,
 )
+from llm_course.train.pretraining import generate
 
 BIG = dict(vocab_size=4096, n_positions=256, n_embd=512, n_layer=8, n_head=8)
 TINY = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4)
@@ -92,7 +92,11 @@ def _int8_variants(model: GPT) -> dict[str, nn.Module]:
 def bench_latency(model: GPT, onnx_dir: Path, batch: tuple[int, int], gen_tokens: int, rounds: int,
                   label: str, dynamo: bool) -> list[dict[str, Any]]:
     """Forward-of-a-batch and per-token generation latency of every int8 path and of ONNX Runtime."""
-    from llm_course.onnx_export import OnnxCausalLM, export_onnx, quantize_onnx_int8
+    from llm_course.infer.onnx_export import (
+        OnnxCausalLM,
+        export_onnx,
+        quantize_onnx_int8,
+    )
 
     threads = torch.get_num_threads()
     ids = torch.randint(0, model.config.vocab_size, batch, generator=torch.Generator().manual_seed(0))
@@ -198,9 +202,9 @@ def bench_memory(model: GPT, label: str) -> list[dict[str, Any]]:
 
 def bench_quality() -> list[dict[str, Any]]:
     """Perplexity of the shipped course-gpt: int8 (each path) and NF4 against float32."""
-    from llm_course.data import TextCorpus, docs_corpus
-    from llm_course.pretraining import prepare_docs_tokens, validation_bpc
-    from llm_course.zoo import load_pretrained
+    from llm_course.text.corpora import TextCorpus, docs_corpus
+    from llm_course.train.pretraining import prepare_docs_tokens, validation_bpc
+    from llm_course.zoo.loading import load_pretrained
 
     model, tok = load_pretrained("course-gpt")
     val = docs_corpus().val[:VAL_CHARS]
@@ -273,7 +277,7 @@ def _run(quick: bool) -> list[dict[str, Any]]:
             big = GPT(GPTConfig(**BIG)).eval()
             rows += bench_latency(big, onnx_dir, (4, 128), gen_tokens=32, rounds=15, label="random GPT", dynamo=True)
             rows += bench_memory(big, "random GPT")
-            from llm_course.zoo import load_pretrained
+            from llm_course.zoo.loading import load_pretrained
 
             shipped, _ = load_pretrained("course-gpt")
             rows += bench_latency(shipped, onnx_dir, (8, shipped.config.n_positions), gen_tokens=32, rounds=15,

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 
 from llm_course.benchtools import record
-from llm_course.distributed import synthetic_stream
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.objectives import random_blocks
-from llm_course.practices import checkpointing_report, compare_precisions
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.objectives import random_blocks
+from llm_course.train.distributed import synthetic_stream
+from llm_course.train.practices import checkpointing_report, compare_precisions
 
 # label -> (GPTConfig kwargs, batch size, sequence length)
 CKPT_CONFIGS = {

@@ -19,8 +19,12 @@ import time
 import torch
 
 from llm_course.benchtools import record
-from llm_course.data import TextCorpus, docs_corpus
-from llm_course.pretraining import prepare_docs_tokens, pretrain_gpt, quick_gpt_recipe
+from llm_course.text.corpora import TextCorpus, docs_corpus
+from llm_course.train.pretraining import (
+    prepare_docs_tokens,
+    pretrain_gpt,
+    quick_gpt_recipe,
+)
 
 NANOGPT_BPC = 2.57  # bits per character of nanoGPT's CPU recipe on this corpus (1.78 nats)
 NANOGPT_SECONDS = 190.0  # its wall-clock time on 2 cores

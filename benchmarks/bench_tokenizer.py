@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from llm_course.benchtools import record, timeit
-from llm_course.tokenizer import ByteLevelBPETokenizer
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
 
 VOCAB_SIZES = (4096, 8192)
 QUICK_CHARS = 100_000  # quick=True trains on a ~100 KB slice
@@ -32,7 +32,7 @@ def _corpus(quick: bool) -> tuple[str, str, str]:
 
         text = "\n\n".join(pydoc_data.topics.topics.values())
         return text[:QUICK_CHARS], text[QUICK_CHARS : QUICK_CHARS + QUICK_CHARS // 5], "pydoc_data.topics slice"
-    from llm_course.data import docs_corpus
+    from llm_course.text.corpora import docs_corpus
 
     corpus = docs_corpus()
     return corpus.train, corpus.val, corpus.source or "docs_corpus()"

@@ -2,22 +2,22 @@
 
 Modules mirror the chapters (each function's docstring names the chapter that introduced it):
 
-* 01 — :mod:`llm_course.tokenizer` (byte-level BPE), :mod:`llm_course.data` (offline corpora),
-  :mod:`llm_course.intro` (bigram LM, parameter counts, zero-/few-shot), :mod:`llm_course.utils`
-* 02 — :mod:`llm_course.gpt`, :mod:`llm_course.bert`, :mod:`llm_course.t5` (shared: :mod:`llm_course.modeling`)
-* 03 — :mod:`llm_course.attention`, :mod:`llm_course.widgets`
-* 04 — :mod:`llm_course.objectives` (causal LM and MLM data), :mod:`llm_course.training` (the loop),
-  :mod:`llm_course.pretraining` (the notebook's recipe), :mod:`llm_course.zoo` (shipped checkpoints)
-* 05 — :mod:`llm_course.finetuning` (Trainer, the cost harness), :mod:`llm_course.instruct` (instruction tuning)
-* 06 — :mod:`llm_course.lora` (LoRA, QLoRA), :mod:`llm_course.adapters`
-* 07 — :mod:`llm_course.generation` (decoding), :mod:`llm_course.static_cache` (the lean decode loop),
-  :mod:`llm_course.sampling_explorer`, :mod:`llm_course.quantization` (int8, NF4), :mod:`llm_course.onnx_export`
-* 08 — :mod:`llm_course.chat` (the chat bot), :mod:`llm_course.classification` (likelihood scoring, LoRA on MiniLM),
-  :mod:`llm_course.summarization` (ROUGE, a T5 summarizer, TL;DR)
-* 09 — :mod:`llm_course.practices` (checkpointing, mixed precision), :mod:`llm_course.long_context`,
-  :mod:`llm_course.monitoring`, :mod:`llm_course.distributed` (DDP), :mod:`llm_course.hpsearch` (Ray Tune)
+* 01 — :mod:`llm_course.text.tokenizer` (byte-level BPE), :mod:`llm_course.data` (offline corpora),
+  :mod:`llm_course.models.intro` (bigram LM, parameter counts, zero-/few-shot), :mod:`llm_course.core.runtime`
+* 02 — :mod:`llm_course.models.gpt`, :mod:`llm_course.models.bert`, :mod:`llm_course.models.t5` (shared: :mod:`llm_course.models.modeling`)
+* 03 — :mod:`llm_course.nn.attention`, :mod:`llm_course.widgets`
+* 04 — :mod:`llm_course.nn.objectives` (causal LM and MLM data), :mod:`llm_course.training` (the loop),
+  :mod:`llm_course.train.pretraining` (the notebook's recipe), :mod:`llm_course.zoo` (shipped checkpoints)
+* 05 — :mod:`llm_course.train.finetuning` (Trainer, the cost harness), :mod:`llm_course.train.instruct` (instruction tuning)
+* 06 — :mod:`llm_course.train.lora` (LoRA, QLoRA), :mod:`llm_course.train.adapters`
+* 07 — :mod:`llm_course.infer.generation` (decoding), :mod:`llm_course.infer.static_cache` (the lean decode loop),
+  :mod:`llm_course.widgets.sampling_explorer`, :mod:`llm_course.nn.quantization` (int8, NF4), :mod:`llm_course.infer.onnx_export`
+* 08 — :mod:`llm_course.apps.chat` (the chat bot), :mod:`llm_course.apps.classification` (likelihood scoring, LoRA on MiniLM),
+  :mod:`llm_course.apps.summarization` (ROUGE, a T5 summarizer, TL;DR)
+* 09 — :mod:`llm_course.train.practices` (checkpointing, mixed precision), :mod:`llm_course.infer.long_context`,
+  :mod:`llm_course.train.monitoring`, :mod:`llm_course.train.distributed` (DDP), :mod:`llm_course.train.hpsearch` (Ray Tune)
 
-Import what you need from its module (``from llm_course.tokenizer import ByteLevelBPETokenizer``);
+Import what you need from its module (``from llm_course.text.tokenizer import ByteLevelBPETokenizer``);
 this package imports nothing heavy on its own.
 """
 

@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .chapters import CHAPTERS, find_chapter, notebooks_dir
+from llm_course.chapters import CHAPTERS, find_chapter, notebooks_dir
 
 __all__ = ["main", "parse_parameter", "check_report", "run_chapter", "strip_notebook"]
 
@@ -59,7 +59,7 @@ def check_report() -> list[tuple[str, str]]:
     """The environment report as (item, value) rows."""
     import torch
 
-    from .utils import describe_device, get_device
+    from llm_course.core.runtime import describe_device, get_device
 
     rows = [
         ("python", sys.version.split()[0]),
@@ -141,7 +141,7 @@ def strip_notebook(path: Path) -> bool:
 
 def _bench(names: Sequence[str], quick: bool) -> int:
     """``llm-course bench``: every benchmark in its own process, one report, the README regenerated."""
-    from .report import run_benchmarks, update_readme
+    from llm_course.report import run_benchmarks, update_readme
 
     rep = run_benchmarks(names, quick=quick)
     failed = [b["name"] for b in rep["benchmarks"] if b["status"] != "ok" and (not names or b["name"] in names)]
@@ -154,10 +154,10 @@ def _bench(names: Sequence[str], quick: bool) -> int:
 
 def _zoo(args: argparse.Namespace) -> None:
     """``llm-course zoo list|train|eval``. Chapter 04 (the model zoo)."""
-    from . import zoo
+    from llm_course.zoo import build, loading
 
     if args.zoo_cmd == "list":
-        for row in zoo.list_checkpoints():
+        for row in loading.list_checkpoints():
             if row["shipped"]:
                 bpc = row.get("val_bits_per_char")
                 if row.get("val_loss") is not None:
@@ -170,13 +170,13 @@ def _zoo(args: argparse.Namespace) -> None:
             print(f"{row['name']:<16} {row['kind']:<10} {state}")
             print(f"{'':<16} {row['description']}")
     elif args.zoo_cmd == "train":
-        out = zoo.train_checkpoint(args.name, args.out, overwrite=args.overwrite)
+        out = build.train_checkpoint(args.name, args.out, overwrite=args.overwrite)
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         score = metrics.get("validation") or metrics.get("held_out", {})
         print(f"wrote {out}: {'validation' if 'validation' in metrics else 'held-out'} "
               f"{json.dumps({k: v for k, v in score.items() if k != 'what'})}")
     elif args.zoo_cmd == "eval":
-        r = zoo.evaluate_checkpoint(args.name)
+        r = build.evaluate_checkpoint(args.name)
         what = "val-slice" if "validation" in r else "held-out"
         print(f"{r['name']} ({r['kind']}): recorded {what} loss {r['recorded']:.6f}, measured {r['measured']:.6f} "
               f"(|diff| {r['abs_diff']:.2e})")
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "bench":
             return _bench(args.names, args.quick)
         elif args.cmd == "readme":
-            from .report import update_readme
+            from llm_course.report import update_readme
             print("README updated" if update_readme() else "README already up to date")
         elif args.cmd == "zoo":
             _zoo(args)

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .benchtools import format_table, machine_info, results_dir
-from .chapters import CHAPTERS, notebooks_dir
+from llm_course.benchtools import format_table, machine_info, results_dir
+from llm_course.chapters import CHAPTERS, notebooks_dir
 
 __all__ = ["NOTEBOOK_STATS", "REPORT", "load_notebook_stats", "save_notebook_stats", "update_readme",
            "notebook_table", "benchmark_sections", "benchmark_files", "run_benchmarks", "load_report"]

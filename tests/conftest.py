@@ -60,7 +60,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def shipped():
     """The shipped course-gpt as ``(GPT, ByteLevelBPETokenizer)`` (chapter 04's zoo), loaded once per file."""
-    from llm_course.zoo import load_pretrained
+    from llm_course.zoo.loading import load_pretrained
 
     return load_pretrained("course-gpt")
 

@@ -15,7 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from llm_course.adapters import (
+from llm_course.infer.generation import generate
+from llm_course.infer.static_cache import StaticCacheDecoder
+from llm_course.models.bert import BERT, BERTConfig
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.train.adapters import (
     AdaptedLayer,
     BottleneckAdapter,
     adapter_state_dict,
@@ -23,10 +27,6 @@ from llm_course.adapters import (
     load_adapter_state_dict,
     remove_adapters,
 )
-from llm_course.bert import BERT, BERTConfig
-from llm_course.generation import generate
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.static_cache import StaticCacheDecoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,7 +159,7 @@ def test_fresh_adapters_on_course_bert():
 
 
 def test_adapters_follow_the_layers_dtype_and_work_on_a_quantized_model():
-    from llm_course.quantization import NF4Linear, quantize_nf4
+    from llm_course.nn.quantization import NF4Linear, quantize_nf4
 
     ids = _ids()
     half = _gpt().to(torch.bfloat16)
@@ -210,7 +210,7 @@ def test_trainable_parameters_follow_the_formula(m):
 
 
 def test_shipped_course_gpt_trainable_fraction():
-    from llm_course.zoo import load_pretrained
+    from llm_course.zoo.loading import load_pretrained
 
     model, _ = load_pretrained("course-gpt")
     c = model.config

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_course.attention import (
+from llm_course.nn.attention import (
     FeedForward,
     MultiHeadAttention,
     causal_mask,

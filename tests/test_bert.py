@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
-from llm_course.bert import BERT, BERTConfig, MaskedLMOutput
-from llm_course.manual_ch02 import padding_influence
+from llm_course.models.bert import BERT, BERTConfig, MaskedLMOutput
+from llm_course.models.manual_ch02 import padding_influence
 
 V, TOL = 97, 1e-5
 CONFIG = BERTConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -161,7 +161,7 @@ def test_save_load_round_trip(model, tmp_path):
     with torch.no_grad():
         a, b = model(ids, mask, tt), loaded(ids, mask, tt)
     assert torch.equal(a.logits, b.logits) and torch.equal(a.pooler_output, b.pooler_output)
-    from llm_course.gpt import GPT
+    from llm_course.models.gpt import GPT
 
     with pytest.raises(ValueError, match="'bert' model"):
         GPT.from_pretrained(tmp_path)

@@ -1,4 +1,4 @@
-"""Tests for llm_course.chat (chapter 08): the chat bot, its token budget, safe prompts, the chat box."""
+"""Tests for llm_course.apps.chat (chapter 08): the chat bot, its token budget, safe prompts, the chat box."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scripted_lm import ScriptedLM  # tests/scripted_lm.py
 
-from llm_course.chat import (
+from llm_course.apps.chat import (
     ROLE_MARKERS,
     ChatBot,
     ChatWidget,
@@ -21,12 +22,10 @@ from llm_course.chat import (
     neutralize_markers,
     render_chat,
 )
-from llm_course.generation import _encode_plain, generate
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.instruct import format_chat
-from llm_course.zoo import load_pretrained
-
-from scripted_lm import ScriptedLM  # tests/scripted_lm.py
+from llm_course.infer.generation import _encode_plain, generate
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.train.instruct import format_chat
+from llm_course.zoo.loading import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -350,15 +349,16 @@ def test_transformers_model_and_tokenizer_reply_like_the_course_pair(shipped):
 # Teaching a model to chat: data, encoding, tuning, the shipped course-gpt-chat
 # ----------------------------------------------------------------------------------------
 
-from llm_course import zoo  # noqa: E402
-from llm_course.chat import (  # noqa: E402
+from llm_course.apps.chat import (
     SYSTEM_PROMPTS,
     chat_conversations,
     chat_tune,
     encode_chat,
     held_out_loss,
 )
-from llm_course.instruct import IGNORE_INDEX, eos_token_id  # noqa: E402
+from llm_course.core import paths
+from llm_course.train.instruct import IGNORE_INDEX, eos_token_id
+from llm_course.zoo import build, loading, recipes
 
 
 def test_chat_conversations_shape_split_and_history():
@@ -407,7 +407,7 @@ def test_encode_chat_uses_the_bots_prompt_and_learns_reply_and_eos(tok):
 def test_chat_tune_lowers_held_out_loss_on_a_tiny_model(tok):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=1, n_head=2))
-    recipe = zoo.ZOO["course-gpt-chat"].replace(eval_examples=16, max_history=1)
+    recipe = recipes.ZOO["course-gpt-chat"].replace(eval_examples=16, max_history=1)
     before = held_out_loss(model, tok, recipe)
     train = chat_conversations("train", max_history=1)[:64]
     result = chat_tune(model, tok, train, steps=30, batch_size=8, lr=1e-2, progress=False)
@@ -416,31 +416,31 @@ def test_chat_tune_lowers_held_out_loss_on_a_tiny_model(tok):
 
 
 def test_tuned_recipe_is_validated():
-    recipe = zoo.ZOO["course-gpt-chat"]
+    recipe = recipes.ZOO["course-gpt-chat"]
     with pytest.raises(ValueError, match="task"):
         recipe.replace(task="translation")
     with pytest.raises(ValueError, match="steps"):
         recipe.replace(steps=0)
     with pytest.raises(ValueError, match="unknown chat recipe options"):
-        zoo.train_checkpoint(recipe.replace(max_histroy=2), "/nonexistent/never-written", progress=False)
+        build.train_checkpoint(recipe.replace(max_histroy=2), "/nonexistent/never-written", progress=False)
 
 
 def test_train_checkpoint_makes_a_chat_checkpoint_that_reloads_and_rescores(tmp_path):
-    out = zoo.train_checkpoint("course-gpt-chat", tmp_path / "chat", progress=False, steps=2, batch_size=2,
+    out = build.train_checkpoint("course-gpt-chat", tmp_path / "chat", progress=False, steps=2, batch_size=2,
                                eval_examples=4, threads=None)
     recipe = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert recipe["steps"] == 2 and recipe["recipe"]["task"] == "chat" and recipe["hf_class"] == "GPT2LMHeadModel"
     assert {"held_out", "held_out_before", "greedy_replies"} <= set(metrics)
-    model, tokenizer = zoo.load_pretrained(out)
-    r = zoo.evaluate_checkpoint(out)
+    model, tokenizer = loading.load_pretrained(out)
+    r = build.evaluate_checkpoint(out)
     assert r["abs_diff"] < 1e-4, r
     bot = ChatBot(model, tokenizer, max_new_tokens=40)
     assert bot.reply("Привет! Как дела?") == metrics["greedy_replies"][0]["reply"]
 
 
 def _shipped_chat():
-    folder = zoo.CHECKPOINTS_DIR / "course-gpt-chat"
+    folder = paths.CHECKPOINTS_DIR / "course-gpt-chat"
     if not (folder / "config.json").is_file():
         pytest.skip("course-gpt-chat is not shipped: llm-course zoo train course-gpt-chat --out " + str(folder))
     return folder
@@ -450,13 +450,13 @@ def test_shipped_chat_model_learned_to_reply_and_reproduces_its_metrics():
     folder = _shipped_chat()
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     recipe = json.loads((folder / "recipe.json").read_text(encoding="utf-8"))
-    assert recipe["recipe"] == dataclasses.asdict(zoo.ZOO["course-gpt-chat"])
-    assert recipe["steps"] == zoo.ZOO["course-gpt-chat"].steps
+    assert recipe["recipe"] == dataclasses.asdict(recipes.ZOO["course-gpt-chat"])
+    assert recipe["steps"] == recipes.ZOO["course-gpt-chat"].steps
     # tuning lowered the held-out reply loss of the untuned course-gpt by more than 15% (4.89 -> 3.86 nats)
     assert metrics["held_out"]["loss"] < 0.85 * metrics["held_out_before"]["loss"], metrics
-    r = zoo.evaluate_checkpoint("course-gpt-chat")
+    r = build.evaluate_checkpoint("course-gpt-chat")
     assert r["abs_diff"] < 1e-4
-    model, tokenizer = zoo.load_pretrained("course-gpt-chat")
+    model, tokenizer = loading.load_pretrained("course-gpt-chat")
     for sample in metrics["greedy_replies"]:
         bot = ChatBot(model, tokenizer, system_prompt=sample["system"], max_new_tokens=40)
         assert bot.reply(sample["message"]) == sample["reply"]

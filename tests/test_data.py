@@ -19,15 +19,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_course import data
-from llm_course.data import (
-    TASKS,
+from llm_course.core import deps
+from llm_course.core.deps import MissingDependencyError
+from llm_course.text import corpora, tasks
+from llm_course.text.corpora import (
     Dialog,
     Document,
-    Example,
-    MissingDependencyError,
     TextCorpus,
-    check,
     dialog_categories,
     dialog_languages,
     dialogs_text,
@@ -35,9 +33,9 @@ from llm_course.data import (
     docs_documents,
     first_sentence,
     load_dialogs,
-    make_task,
     train_val_split,
 )
+from llm_course.text.tasks import TASKS, Example, check, make_task
 
 CYRILLIC = re.compile(r"[А-Яа-яЁё]")
 SKIPPED = {"test", "tests", "idlelib", "lib2to3", "site-packages", "__pycache__", "ensurepip", "turtledemo"}
@@ -52,10 +50,10 @@ SKIPPED = {"test", "tests", "idlelib", "lib2to3", "site-packages", "__pycache__"
 def built() -> tuple[list[Document], set[str]]:
     """Build the documents once, recording which modules the build imported."""
     before = set(sys.modules)
-    docs = data._build_documents()
+    docs = corpora._build_documents()
     imported = set(sys.modules) - before
-    if data._DOCUMENTS is None:  # let docs_documents() reuse this build
-        data._DOCUMENTS = list(docs)
+    if corpora._DOCUMENTS is None:  # let docs_documents() reuse this build
+        corpora._DOCUMENTS = list(docs)
     return docs, imported
 
 
@@ -79,7 +77,7 @@ def counted_build(documents, tmp_path, monkeypatch):
         calls.append(1)
         return list(documents)
 
-    monkeypatch.setattr(data, "docs_documents", fake_docs_documents)
+    monkeypatch.setattr(corpora, "docs_documents", fake_docs_documents)
     return calls
 
 
@@ -144,10 +142,10 @@ def test_bad_val_fraction(bad, error):
 )
 def test_split_point_property(texts, val_fraction):
     """On any document list: the split is a document start, the first at/after the cut."""
-    text, starts = data._join_documents(texts)
+    text, starts = corpora._join_documents(texts)
     assert text == "\n\n".join(texts)
     assert starts == [0] + list(itertools.accumulate(len(t) + 2 for t in texts))[:-1]
-    split = data._split_point(text, starts, val_fraction)
+    split = corpora._split_point(text, starts, val_fraction)
     if val_fraction == 0 or len(texts) == 1:
         assert split == len(text)
         return
@@ -404,11 +402,11 @@ def test_require_does_not_mislabel_a_broken_package(tmp_path, monkeypatch):
     (tmp_path / "brokenpkg_llmc.py").write_text("import no_such_module_llmc\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ModuleNotFoundError) as info:
-        data.require("brokenpkg_llmc", "brokenpkg")
+        deps.require("brokenpkg_llmc", "brokenpkg")
     assert not isinstance(info.value, MissingDependencyError)
     assert info.value.name == "no_such_module_llmc"
     with pytest.raises(MissingDependencyError, match="pip install some-pkg"):
-        data.require("no_such_module_llmc", "some-pkg")
+        deps.require("no_such_module_llmc", "some-pkg")
 
 
 def test_odd_yaml_values_become_text(tmp_path, monkeypatch):
@@ -423,7 +421,7 @@ def test_odd_yaml_values_become_text(tmp_path, monkeypatch):
         "- a bare string\n",  # a malformed entry: one turn
         encoding="utf-8",
     )
-    monkeypatch.setattr(data, "_dialog_data_dir", lambda: tmp_path)
+    monkeypatch.setattr(corpora, "_dialog_data_dir", lambda: tmp_path)
     assert dialog_languages() == ["testlang"]
     dialogs = load_dialogs("testlang")
     assert [d.turns for d in dialogs] == [("42", "True", "3.5"), ("padded", "last"), ("a bare string",)]
@@ -439,7 +437,7 @@ def test_yaml_is_loaded_safely(tmp_path, monkeypatch):
         "conversations:\n- - !!python/object/apply:os.system ['touch %s']\n  - hi\n" % marker,
         encoding="utf-8",
     )
-    monkeypatch.setattr(data, "_dialog_data_dir", lambda: tmp_path)
+    monkeypatch.setattr(corpora, "_dialog_data_dir", lambda: tmp_path)
     with pytest.raises(ValueError, match="not plain YAML"):
         load_dialogs("evil")
     assert not marker.exists()
@@ -459,21 +457,21 @@ def test_dialogs_text(language):
 
 
 def test_topic_dataset():
-    data_ = data.topic_dataset()
-    counts = {label: sum(d.label == label for d in data_) for label in data.TOPIC_CATEGORIES}
+    data_ = tasks.topic_dataset()
+    counts = {label: sum(d.label == label for d in data_) for label in tasks.TOPIC_CATEGORIES}
     assert counts == {"sports": 15, "politics": 15, "technology": 15, "culture": 15}
     assert [d.label for d in data_] == sorted(d.label for d in data_)
-    for label, categories in data.TOPIC_CATEGORIES.items():
+    for label, categories in tasks.TOPIC_CATEGORIES.items():
         source = {"\n".join(d.turns) for d in load_dialogs("english", categories)}
         texts = [d.text for d in data_ if d.label == label]
         assert len(set(texts)) == len(texts) and set(texts) <= source
-    assert data.topic_dataset() == data_
-    assert data.topic_dataset(seed=1) != data_  # culture and technology have more to draw from
-    everything = data.topic_dataset(per_label=None)
+    assert tasks.topic_dataset() == data_
+    assert tasks.topic_dataset(seed=1) != data_  # culture and technology have more to draw from
+    everything = tasks.topic_dataset(per_label=None)
     assert sum(d.label == "politics" for d in everything) == 15
     assert sum(d.label == "technology" for d in everything) == 20  # 10 computers + 10 tech_support
     with pytest.raises(ValueError, match="per_label"):
-        data.topic_dataset(per_label=0)
+        tasks.topic_dataset(per_label=0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -630,8 +628,8 @@ def test_train_val_split_seeds_and_errors():
 
 
 def test_public_api_has_chapter_docstrings():
-    for name in data.__all__:
-        obj = getattr(data, name)
+    for module, name in [(m, n) for m in (corpora, tasks, deps) for n in m.__all__]:
+        obj = getattr(module, name)
         if callable(obj) or inspect.isclass(obj):
             assert "Chapter" in (obj.__doc__ or ""), name
 
@@ -644,7 +642,7 @@ def test_public_api_has_chapter_docstrings():
 @pytest.fixture(scope="module")
 def bytes_only():
     """A byte-level tokenizer with no merges: every UTF-8 byte is one token."""
-    from llm_course.tokenizer import ByteLevelBPETokenizer
+    from llm_course.text.tokenizer import ByteLevelBPETokenizer
 
     return ByteLevelBPETokenizer.train("x", vocab_size=257)
 
@@ -659,12 +657,12 @@ class _OneTokenPerWord:
 def test_cyrillic_token_cost_by_hand(bytes_only):
     # "да нет": 2 + 2 bytes, a space, 3 x 2 bytes = 11 tokens for 5 letters; the comma, "!", digits,
     # Latin letters and line breaks are not Cyrillic and are left out (words rejoined with one space).
-    assert data.cyrillic_token_cost(bytes_only, "да, нет!") == pytest.approx(11 / 5)
-    assert data.cyrillic_token_cost(bytes_only, "Ёж 42 ok\nёлка.") == pytest.approx((4 + 1 + 8) / 6)
+    assert corpora.cyrillic_token_cost(bytes_only, "да, нет!") == pytest.approx(11 / 5)
+    assert corpora.cyrillic_token_cost(bytes_only, "Ёж 42 ok\nёлка.") == pytest.approx((4 + 1 + 8) / 6)
     # whole words: one token per word (special tokens not added), so 1 / mean word length
-    assert data.cyrillic_token_cost(_OneTokenPerWord(), "Привет, мир!") == pytest.approx(2 / 9)
-    assert data.latin_token_cost(bytes_only, "Hello, world 42 привет") == pytest.approx(11 / 10)
-    assert data.latin_token_cost(_OneTokenPerWord(), "Hello, world!") == pytest.approx(2 / 10)
+    assert corpora.cyrillic_token_cost(_OneTokenPerWord(), "Привет, мир!") == pytest.approx(2 / 9)
+    assert corpora.latin_token_cost(bytes_only, "Hello, world 42 привет") == pytest.approx(11 / 10)
+    assert corpora.latin_token_cost(_OneTokenPerWord(), "Hello, world!") == pytest.approx(2 / 10)
 
 
 def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer(bytes_only):
@@ -673,16 +671,16 @@ def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer
     and one token per byte."""
     from tokenizers import Tokenizer
 
-    from llm_course.tokenizer import ByteLevelBPETokenizer
-    from llm_course.zoo import checkpoint_dir
+    from llm_course.text.tokenizer import ByteLevelBPETokenizer
+    from llm_course.zoo.loading import checkpoint_dir
 
     folder = checkpoint_dir("course-gpt")
-    ours = data.cyrillic_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
-    rust = data.cyrillic_token_cost(Tokenizer.from_file(str(folder / "tokenizer.json")))
+    ours = corpora.cyrillic_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
+    rust = corpora.cyrillic_token_cost(Tokenizer.from_file(str(folder / "tokenizer.json")))
     assert ours == rust
-    assert data.cyrillic_token_cost(bytes_only) == pytest.approx(2.0, abs=0.2)  # 2 bytes a letter, + spaces
+    assert corpora.cyrillic_token_cost(bytes_only) == pytest.approx(2.0, abs=0.2)  # 2 bytes a letter, + spaces
     assert 0.3 < ours < 1.5  # it learned some Cyrillic merges, far from whole words
-    english = data.latin_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
+    english = corpora.latin_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
     assert english < ours / 2  # English is much cheaper for it
 
 
@@ -693,4 +691,4 @@ def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer
 ])
 def test_cyrillic_token_cost_bad_input(bytes_only, tokenizer, text, error, match):
     with pytest.raises(error, match=match):
-        data.cyrillic_token_cost(bytes_only if tokenizer == "_bytes" else tokenizer, text)
+        corpora.cyrillic_token_cost(bytes_only if tokenizer == "_bytes" else tokenizer, text)

@@ -1,4 +1,4 @@
-"""Chapter 09: data-parallel training (llm_course.distributed).
+"""Chapter 09: data-parallel training (llm_course.train.distributed).
 
 The central check launches 2 CPU processes with torchrun (gloo) and compares their per-step losses and
 final weights with a 1-process run on the same global batch, which is itself compared with chapter 04's
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from llm_course.distributed import (
+from llm_course.core.runtime import seed_everything
+from llm_course.models.gpt import GPT
+from llm_course.train.distributed import (
     TORCHRUN_ENV,
     DataParallelConfig,
     DistEnv,
@@ -37,9 +38,7 @@ from llm_course.distributed import (
     synthetic_stream,
     train_data_parallel,
 )
-from llm_course.gpt import GPT
-from llm_course.training import TrainConfig, train
-from llm_course.utils import seed_everything
+from llm_course.train.loop import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -176,7 +175,10 @@ def test_cli_errors(no_torchrun_env, monkeypatch, capsys, tmp_path):
 def test_notes_name_apis_that_exist():
     text = notes()
     assert "accelerate launch" in text and "fully_shard" in text and "torchrun" in text
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # the names the notes use
+    from torch.distributed.fsdp import (  # the names the notes use
+        MixedPrecisionPolicy,
+        fully_shard,
+    )
 
     assert callable(fully_shard) and callable(MixedPrecisionPolicy)
 

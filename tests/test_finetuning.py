@@ -1,4 +1,4 @@
-"""Tests for llm_course.finetuning: Trainer fine-tuning (4.50 to 5.x), the manual's errors, the memory harness."""
+"""Tests for llm_course.train.finetuning: Trainer fine-tuning (4.50 to 5.x), the manual's errors, the memory harness."""
 
 import copy
 import math
@@ -14,11 +14,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from llm_course.finetuning import (  # noqa: E402
+from llm_course.train.finetuning import (
+    OLDEST_TRANSFORMERS,
     ExampleDataset,
     _default_collator,
     comparison_table,
-    OLDEST_TRANSFORMERS,
     demonstrate_manual_errors,
     lm_examples,
     manual_error_expected,
@@ -29,8 +29,8 @@ from llm_course.finetuning import (  # noqa: E402
     trainer_history,
     training_arguments,
 )
-from llm_course.lora import count_parameters
-from llm_course.zoo import checkpoint_dir  # noqa: E402
+from llm_course.train.lora import count_parameters
+from llm_course.zoo.loading import checkpoint_dir
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_trainer_finetune_checks_its_arguments(tokenizer, base_tokenizer, tmp_pa
         trainer_finetune(model, tokenizer, [], data, tmp_path)
     with pytest.raises(TypeError, match="input_ids"):
         trainer_finetune(model, tokenizer, [{"text": "hi"}], data, tmp_path)
-    from llm_course.gpt import GPT, GPTConfig
+    from llm_course.models.gpt import GPT, GPTConfig
 
     with pytest.raises(TypeError, match="to_hf"):
         trainer_finetune(GPT(GPTConfig(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)),
@@ -179,7 +179,7 @@ def test_lm_examples_blocks_and_dataset(tokenizer):
     examples = lm_examples(tokenizer, texts, block_size=5)
     stream = tokenizer.encode(texts[0]) + [0] + tokenizer.encode(texts[1]) + [0]
     assert [ex["input_ids"] for ex in examples] == [stream[i:i + 5] for i in range(0, len(stream) - 4, 5)]
-    from llm_course.tokenizer import ByteLevelBPETokenizer
+    from llm_course.text.tokenizer import ByteLevelBPETokenizer
 
     course_tok = ByteLevelBPETokenizer.from_pretrained(checkpoint_dir("course-gpt"))
     assert lm_examples(course_tok, texts, block_size=5) == examples  # the same ids from the course tokenizer

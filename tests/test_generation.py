@@ -14,7 +14,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llm_course.generation import (
+from llm_course.infer.generation import (
     GenerationConfig,
     apply_repetition_penalty,
     apply_temperature,
@@ -28,8 +28,8 @@ from llm_course.generation import (
     top_k_filter,
     top_p_filter,
 )
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.tokenizer import ByteLevelBPETokenizer
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
 
 V = 97
 

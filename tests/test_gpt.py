@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_course.gpt import GPT, CausalLMOutput, GPTConfig
-from llm_course.manual_ch02 import future_token_influence
+from llm_course.models.gpt import GPT, CausalLMOutput, GPTConfig
+from llm_course.models.manual_ch02 import future_token_influence
 
 V, TOL = 101, 1e-5
 CONFIG = GPTConfig(vocab_size=V, n_positions=24, n_embd=32, n_layer=2, n_head=4)

@@ -1,4 +1,4 @@
-"""Tests for llm_course.hpsearch (chapter 09: hyperparameter search with Ray Tune and ASHA)."""
+"""Tests for llm_course.train.hpsearch (chapter 09: hyperparameter search with Ray Tune and ASHA)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from llm_course import hpsearch
-from llm_course.data import MissingDependencyError
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.tokenizer import ByteLevelBPETokenizer
-from llm_course.zoo import checkpoint_dir
+from llm_course.core.deps import MissingDependencyError
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
+from llm_course.train import hpsearch
+from llm_course.zoo.loading import checkpoint_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -134,7 +134,7 @@ def test_make_job_copies_the_model_and_checks_input(job):
     assert torch.equal(model.wte.weight, before)  # the search trains copies, never the model itself
     assert len(small.train_encoded) == 4 and len(small.eval_encoded) == 2
     assert all(-100 in ex["labels"] and ex["labels"][-1] == small.pad_token_id for ex in small.train_encoded)
-    with pytest.raises(TypeError, match="course llm_course.gpt.GPT"):
+    with pytest.raises(TypeError, match="course llm_course.models.gpt.GPT"):
         hpsearch.make_job(torch.nn.Linear(2, 2), tok)
     with pytest.raises(ValueError, match="n_train"):
         hpsearch.make_job(model, tok, n_train=0)

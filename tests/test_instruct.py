@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerFast
 
-from llm_course import instruct
-from llm_course.generation import generate
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.instruct import (
+from llm_course.infer.generation import generate
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
+from llm_course.train import instruct
+from llm_course.train.instruct import (
     CHAT_TEMPLATE,
     INSTRUCTION_TASKS,
     TASK_OPTIONS,
@@ -31,8 +32,7 @@ from llm_course.instruct import (
     instruction_tune,
     make_instructions,
 )
-from llm_course.tokenizer import ByteLevelBPETokenizer
-from llm_course.zoo import checkpoint_dir
+from llm_course.zoo.loading import checkpoint_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -407,7 +407,7 @@ def test_the_manuals_recipe_never_learns_to_stop(tok) -> None:
     # the manual's labels: everything, prompt included (padding masked only so that shapes line up)
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
-    from llm_course.training import TrainConfig, train
+    from llm_course.train.loop import TrainConfig, train
 
     cfg = TrainConfig(max_steps=STEPS, lr=1e-2, min_lr=1e-3, warmup_steps=STEPS // 10, weight_decay=0.0,
                       progress=False, log_interval=0, live_plot=False, seed=0)

@@ -8,9 +8,16 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.intro import (GPT_SHAPES, BigramLM, SentenceEncoder, few_shot_classify, gpt_param_breakdown,
-                              gpt_param_count, zero_shot_classify)
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.intro import (
+    GPT_SHAPES,
+    BigramLM,
+    SentenceEncoder,
+    few_shot_classify,
+    gpt_param_breakdown,
+    gpt_param_count,
+    zero_shot_classify,
+)
 
 
 def test_gpt2_small_count_is_the_published_figure():

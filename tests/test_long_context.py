@@ -21,10 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import GPT2LMHeadModel
 
-from llm_course.attention import causal_mask
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.intro import SentenceEncoder, mean_pool
-from llm_course.long_context import (
+from llm_course.infer.long_context import (
     SlidingWindowGPT,
     document_chunks,
     local_attention_maps,
@@ -37,6 +34,9 @@ from llm_course.long_context import (
     strided_windows,
     token_ids,
 )
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.intro import SentenceEncoder, mean_pool
+from llm_course.nn.attention import causal_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +59,7 @@ def gpt1() -> GPT:
 
 @pytest.fixture(scope="module")
 def course_gpt():
-    from llm_course.zoo import load_pretrained
+    from llm_course.zoo.loading import load_pretrained
 
     return load_pretrained("course-gpt")
 
@@ -192,7 +192,7 @@ def test_default_window_is_the_context_and_default_stride_half_of_it(gpt):
 
 def test_on_course_gpt_strided_beats_naive_chunking(course_gpt):
     """Done-when: on real text, more context per token gives a lower perplexity (same tokens)."""
-    from llm_course.data import docs_corpus
+    from llm_course.text.corpora import docs_corpus
 
     model, tok = course_gpt
     ids = token_ids(tok, docs_corpus().val[:8000])
@@ -331,7 +331,7 @@ def test_sliding_window_gpt_bad_input(gpt):
 
 
 def test_local_attention_maps_and_the_explorer(course_gpt):
-    from llm_course.widgets import AttentionExplorer
+    from llm_course.widgets.attention_explorer import AttentionExplorer
 
     model, tok = course_gpt
     text = "The cat sat on the mat, and then the cat slept on the mat again."
@@ -377,7 +377,7 @@ def test_document_chunks_bad_stride():
 
 def _long_text() -> str:
     """About 300 MiniLM tokens of the course's docs text: several chunks of 64 or 100 tokens."""
-    from llm_course.data import docs_corpus
+    from llm_course.text.corpora import docs_corpus
 
     return docs_corpus().val[:1300]
 

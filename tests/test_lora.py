@@ -18,15 +18,21 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
-import llm_course.lora as lora_module  # noqa: E402
-from llm_course.data import MissingDependencyError  # noqa: E402
-from llm_course.gpt import GPT, GPTConfig  # noqa: E402
-from llm_course.lora import (
-    copy_lora_from_peft,  # noqa: E402
+import llm_course.train.lora as lora_module
+from llm_course.core.deps import MissingDependencyError
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.quantization import (
+    NF4Linear,
+    model_size_bytes,
+    quantization_error,
+    quantize_nf4,
+)
+from llm_course.train.lora import (
     LoRALinear,
     apply_lora,
     apply_qlora,
     bitsandbytes_qlora,
+    copy_lora_from_peft,
     count_parameters,
     default_target_modules,
     lora_state_dict,
@@ -37,7 +43,6 @@ from llm_course.lora import (
     remove_lora,
     unmerge_lora,
 )
-from llm_course.quantization import NF4Linear, model_size_bytes, quantization_error, quantize_nf4  # noqa: E402
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llm_course.bert import BERT, BERTConfig
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.manual_ch02 import (
+from llm_course.models.bert import BERT, BERTConfig
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.manual_ch02 import (
     ManualBERTModel,
     ManualCustomGPT,
     ManualMultiHeadAttention,
@@ -146,7 +146,7 @@ def test_manual_attention_with_section_2_mask_is_anti_causal():
 
 
 def test_manual_attention_overflows_in_fp16_and_course_attention_does_not():
-    from llm_course.attention import MultiHeadAttention, causal_mask
+    from llm_course.nn.attention import MultiHeadAttention, causal_mask
 
     torch.manual_seed(0)
     x = torch.randn(1, 5, 16, dtype=torch.float16)

@@ -17,9 +17,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_course.data import MissingDependencyError
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.monitoring import (
+from llm_course.core.deps import MissingDependencyError
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.train.loop import NonFiniteLossError, TrainConfig, _model_loss, train
+from llm_course.train.monitoring import (
     DivergenceDetector,
     DivergenceWarning,
     ExplodingGradientError,
@@ -31,7 +32,6 @@ from llm_course.monitoring import (
     tensorboard_command,
     wandb_offline_logger,
 )
-from llm_course.training import NonFiniteLossError, TrainConfig, _model_loss, train
 
 V, T = 64, 16
 DATA = torch.randint(0, V - 1, (2000,), generator=torch.Generator().manual_seed(7))  # token V-1 never occurs
@@ -309,7 +309,7 @@ def test_trainer_hides_a_nan_loss_without_the_callback(tmp_path):
 
 
 def test_trainer_callback_stops_on_a_nan_loss_before_the_update(tmp_path):
-    from llm_course.monitoring import MonitorCallback
+    from llm_course.train.monitoring import MonitorCallback
 
     trainer, model = tiny_trainer(tmp_path, [MonitorCallback(tmp_path / "tb")], poison_step=3)
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at step 3 \(first in \S+") as err:
@@ -322,7 +322,7 @@ def test_trainer_callback_stops_on_a_nan_loss_before_the_update(tmp_path):
 
 
 def test_trainer_callback_stops_on_a_nan_gradient(tmp_path):
-    from llm_course.monitoring import MonitorCallback
+    from llm_course.train.monitoring import MonitorCallback
 
     trainer, model = tiny_trainer(tmp_path, [MonitorCallback()])
     at_step(model, model.transformer.h[0].attn.c_attn.weight, 4, lambda g: torch.full_like(g, float("inf")))
@@ -332,7 +332,7 @@ def test_trainer_callback_stops_on_a_nan_gradient(tmp_path):
 
 
 def test_trainer_callback_stops_on_an_exploding_gradient_and_logs_like_the_course_loop(tmp_path):
-    from llm_course.monitoring import MonitorCallback
+    from llm_course.train.monitoring import MonitorCallback
 
     callback = MonitorCallback(tmp_path / "tb", DivergenceDetector(max_grad_ratio=10, min_steps=4))
     trainer, model = tiny_trainer(tmp_path, [callback], max_steps=20, include_num_input_tokens_seen=True)
@@ -352,7 +352,7 @@ def test_trainer_callback_stops_on_an_exploding_gradient_and_logs_like_the_cours
 
 
 def test_trainer_callback_logs_eval_loss(tmp_path):
-    from llm_course.monitoring import MonitorCallback
+    from llm_course.train.monitoring import MonitorCallback
 
     val = [{"input_ids": DATA[i : i + T], "labels": DATA[i : i + T]} for i in range(0, 4 * T, T)]
     trainer, _ = tiny_trainer(tmp_path, [MonitorCallback(tmp_path / "tb")], max_steps=4, eval_dataset=val,
@@ -416,7 +416,7 @@ def test_detector_bad_arguments(kwargs, pattern):
 
 
 def test_bad_log_dirs_and_tags(tmp_path):
-    from llm_course.monitoring import MonitorCallback
+    from llm_course.train.monitoring import MonitorCallback
 
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
@@ -439,7 +439,7 @@ def test_bad_log_dirs_and_tags(tmp_path):
 
 
 def test_every_public_name_says_its_chapter():
-    import llm_course.monitoring as monitoring
+    import llm_course.train.monitoring as monitoring
 
     for name in monitoring.__all__:
         obj = getattr(monitoring, name)  # MonitorCallback is built on first access (transformers import)

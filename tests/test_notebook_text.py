@@ -26,7 +26,7 @@ Markdown link, and the link resolves:
 
 **Figures.** Two figures are stated in several places with one exact phrase, so they can be
 compared: "N.NN tokens per Cyrillic character" (the shipped course-gpt tokenizer on the Russian
-dialogs, ``llm_course.data.cyrillic_token_cost``) and "bf16 activations N.NN× of fp32" (what
+dialogs, ``llm_course.text.corpora.cyrillic_token_cost``) and "bf16 activations N.NN× of fp32" (what
 autograd saves for the backward under bf16 autocast, over fp32, for course-gpt's shape on chapter
 09's batch: ``measured_bf16``). Every occurrence (in the notebooks' Markdown, README.md and
 docs/ERRATA.md; a line break may split the phrase) must state the value measured here, live,
@@ -287,9 +287,9 @@ def _statements(phrase: re.Pattern) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def measured_cyrillic() -> float:
-    from llm_course.data import cyrillic_token_cost
-    from llm_course.tokenizer import ByteLevelBPETokenizer
-    from llm_course.zoo import checkpoint_dir
+    from llm_course.text.corpora import cyrillic_token_cost
+    from llm_course.text.tokenizer import ByteLevelBPETokenizer
+    from llm_course.zoo.loading import checkpoint_dir
 
     return cyrillic_token_cost(ByteLevelBPETokenizer.from_pretrained(checkpoint_dir("course-gpt")))
 
@@ -303,10 +303,10 @@ def measured_bf16() -> float:
     at 8 x 384), which is why the phrase states one measurement, the one chapter 09 makes."""
     import torch
 
-    from llm_course.finetuning import saved_activation_bytes
-    from llm_course.gpt import GPT, GPTConfig
-    from llm_course.training import autocast_context
-    from llm_course.zoo import checkpoint_dir
+    from llm_course.models.gpt import GPT, GPTConfig
+    from llm_course.train.finetuning import saved_activation_bytes
+    from llm_course.train.precision import autocast_context
+    from llm_course.zoo.loading import checkpoint_dir
 
     cells = json.loads((NB_DIR / "09_best_practices.ipynb").read_text(encoding="utf-8"))["cells"]
     params: dict = {}

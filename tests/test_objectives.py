@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.objectives import (
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.objectives import (
     IGNORE_INDEX,
     bits_per_char,
     causal_lm_batch,
@@ -25,7 +25,7 @@ from llm_course.objectives import (
     random_blocks,
     sequential_blocks,
 )
-from llm_course.tokenizer import ByteLevelBPETokenizer
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
 
 V = 270  # a byte-level BPE needs >= 256 + 4 special tokens
 SPECIALS = ["[PAD]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..3 in our tokenizer (special tokens come first)

@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_course.data import MissingDependencyError
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.onnx_export import (
+from llm_course.core.deps import MissingDependencyError
+from llm_course.infer.onnx_export import (
     LogitsOnly,
     OnnxCausalLM,
     available_providers,
@@ -23,7 +22,8 @@ from llm_course.onnx_export import (
     tensorrt_session,
     tensorrt_status,
 )
-from llm_course.pretraining import generate
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.train.pretraining import generate
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -146,7 +146,7 @@ def test_tensorrt_status_names_what_is_missing(monkeypatch, tmp_path):
     """Each missing piece (GPU, TensorRT, onnxruntime's provider) is named, with what to install."""
     import importlib.util
 
-    import llm_course.onnx_export as ox
+    import llm_course.infer.onnx_export as ox
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     ready, why = tensorrt_status()

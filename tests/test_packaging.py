@@ -3,6 +3,7 @@
 import json
 import os
 import re
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: pytest brings tomli

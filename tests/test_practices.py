@@ -7,15 +7,15 @@ CPU is a clear error; the manual's deprecated torch.cuda.amp spelling is detecte
 """
 
 import math
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from llm_course.finetuning import saved_activation_bytes
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.practices import (
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.train.finetuning import saved_activation_bytes
+from llm_course.train.practices import (
     MANUAL_AMP,
     activation_memory,
     amp_deprecation_warnings,

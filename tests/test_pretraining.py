@@ -1,4 +1,4 @@
-"""Chapter 04's recipe pieces (llm_course.pretraining): data, budgeted training, bits per character,
+"""Chapter 04's recipe pieces (llm_course.train.pretraining): data, budgeted training, bits per character,
 sampling, the double-shift experiment's accuracy, and BERT's masking statistics.
 
 References are independent of the code under test: transformers' GPT-2 (greedy generation, losses),
@@ -13,11 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llm_course.bert import BERT, BERTConfig
-from llm_course.data import TextCorpus
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.objectives import manual_causal_lm_labels, manual_mask_tokens
-from llm_course.pretraining import (
+from llm_course.models.bert import BERT, BERTConfig
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.objectives import manual_causal_lm_labels, manual_mask_tokens
+from llm_course.text.corpora import TextCorpus
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
+from llm_course.train.loop import TrainConfig, train
+from llm_course.train.pretraining import (
     BERT_SPECIALS,
     EOT,
     PretrainRecipe,
@@ -39,8 +41,6 @@ from llm_course.pretraining import (
     steps_for_budget,
     validation_bpc,
 )
-from llm_course.tokenizer import ByteLevelBPETokenizer
-from llm_course.training import TrainConfig, train
 
 TEXT = ("Return the number of items in the list. The function returns a new list.\n\n"
         "Open the file and return a stream. Raise an error if the file cannot be opened.\n\n") * 40
@@ -148,7 +148,7 @@ def test_steps_for_budget_leaves_the_model_untouched(data):
 def test_time_budget_stops_training(data):
     model = _gpt()
     g = torch.Generator().manual_seed(0)
-    from llm_course.objectives import random_blocks
+    from llm_course.nn.objectives import random_blocks
 
     cfg = TrainConfig(max_steps=100_000, warmup_steps=0, progress=False, live_plot=False, log_interval=0,
                       device="cpu")

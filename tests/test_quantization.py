@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_course.data import MissingDependencyError
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.quantization import (
+from llm_course.core.deps import MissingDependencyError
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.quantization import (
     LIBRARY_METHODS,
     NF4_CODE,
     Int8Linear,
     NF4Linear,
+    conv1d_to_linear,
     int8_dequantize,
     int8_quantize,
     model_size_bytes,
@@ -31,7 +32,6 @@ from llm_course.quantization import (
     quantization_error,
     quantize_int8,
     quantize_int8_library,
-    conv1d_to_linear,
     quantize_nf4,
     quantized_layers,
     quantized_linear_names,

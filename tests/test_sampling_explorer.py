@@ -2,7 +2,7 @@
 
 References, independent of the code under test: the model's logits computed by calling it directly;
 closed forms (softmax(logits / T), torch.topk, the smallest nucleus from sorted probabilities, entropy
-sums); transformers' ``RepetitionPenaltyLogitsProcessor``; ``llm_course.generation.generate`` for what
+sums); transformers' ``RepetitionPenaltyLogitsProcessor``; ``llm_course.infer.generation.generate`` for what
 sampling must produce; and a transformers ``GPT2LMHeadModel`` with the same weights. Models are tiny
 and random, built offline. The widget is driven by setting control values and clicking its buttons, as
 a browser would, and checked from Python.
@@ -25,11 +25,21 @@ from hypothesis import strategies as st
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from llm_course.generation import GenerationConfig, generate, next_token_distributions, top_p_filter
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.sampling_explorer import STAGES, SamplingExplorer, distributions_figure, entropy
-from llm_course.tokenizer import ByteLevelBPETokenizer
-from llm_course.widgets import figure_to_png
+from llm_course.infer.generation import (
+    GenerationConfig,
+    generate,
+    next_token_distributions,
+    top_p_filter,
+)
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
+from llm_course.viz.figures import figure_to_png
+from llm_course.widgets.sampling_explorer import (
+    STAGES,
+    SamplingExplorer,
+    distributions_figure,
+    entropy,
+)
 
 CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met on the mat. "
           "the quick brown fox jumps over the lazy dog. кошка сидит на ковре. ") * 6
@@ -418,7 +428,7 @@ def test_show_rejects_invalid_values_and_changes_nothing(gpt, tok):
 
 
 def test_show_equals_setting_the_controls_one_by_one_and_draws_once(gpt, tok, monkeypatch):
-    import llm_course.sampling_explorer as module
+    import llm_course.widgets.sampling_explorer as module
 
     drawn = []
     monkeypatch.setattr(module, "figure_to_png", lambda fig, **kw: drawn.append(1) or figure_to_png(fig, **kw))

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from llm_course.generation import generate
-from llm_course.gpt import GPT, GPTBlock, GPTConfig
-from llm_course.static_cache import StaticCacheDecoder
+from llm_course.infer.generation import generate
+from llm_course.infer.static_cache import StaticCacheDecoder
+from llm_course.models.gpt import GPT, GPTBlock, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

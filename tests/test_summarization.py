@@ -1,4 +1,4 @@
-"""Tests for llm_course.summarization (chapter 08): the docs summarisation task, ROUGE, T5 and TL;DR summaries."""
+"""Tests for llm_course.apps.summarization (chapter 08): the docs summarisation task, ROUGE, T5 and TL;DR summaries."""
 
 from __future__ import annotations
 
@@ -6,13 +6,11 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scripted_lm import ScriptedLM  # tests/scripted_lm.py
 
-from llm_course.generation import _encode_plain
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.summarization import (
+from llm_course.apps.summarization import (
     MANUAL_PROMPT,
     TLDR_PROMPT,
     Seq2SeqCollator,
@@ -27,9 +25,9 @@ from llm_course.summarization import (
     summary_pairs,
     tldr_summarize,
 )
-from llm_course.t5 import T5, T5Config
-
-from scripted_lm import ScriptedLM  # tests/scripted_lm.py
+from llm_course.infer.generation import _encode_plain
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.t5 import T5, T5Config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -399,38 +397,39 @@ def test_tldr_bad_input(tok):
 def test_train_checkpoint_makes_a_summarizer_that_reloads_and_rescores(tmp_path):
     import json
 
-    from llm_course import zoo
+    from llm_course.zoo import build, loading
 
-    out = zoo.train_checkpoint("course-t5-sum", tmp_path / "t5", progress=False, steps=2, batch_size=4,
+    out = build.train_checkpoint("course-t5-sum", tmp_path / "t5", progress=False, steps=2, batch_size=4,
                                eval_examples=8, threads=None, d_model=32, num_layers=1, d_ff=64, num_heads=2,
                                init_embeddings=False)
     recipe = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert recipe["hf_class"] == "T5ForConditionalGeneration" and recipe["steps"] == 2
     assert set(metrics["rouge_test"]["model"]) == {"rouge1", "rouge2", "rougeL"}
-    model, tok = zoo.load_pretrained(out)
+    model, tok = loading.load_pretrained(out)
     assert isinstance(model, T5)
-    assert zoo.evaluate_checkpoint(out)["abs_diff"] < 1e-4
+    assert build.evaluate_checkpoint(out)["abs_diff"] < 1e-4
     sample = metrics["samples"][0]
     assert summarize(model, tok, [sample["source"]]) == [sample["summary"]]
     with pytest.raises(ValueError, match="unknown summarization recipe options"):
-        zoo.train_checkpoint("course-t5-sum", tmp_path / "never", progress=False, steps=1, d_modle=32)
+        build.train_checkpoint("course-t5-sum", tmp_path / "never", progress=False, steps=1, d_modle=32)
 
 
 def test_shipped_summarizer_reproduces_its_metrics():
     import json
 
-    from llm_course import zoo
+    from llm_course.core import paths
+    from llm_course.zoo import build, loading
 
-    folder = zoo.CHECKPOINTS_DIR / "course-t5-sum"
+    folder = paths.CHECKPOINTS_DIR / "course-t5-sum"
     if not (folder / "config.json").is_file():
         pytest.skip("course-t5-sum is not shipped: llm-course zoo train course-t5-sum --out " + str(folder))
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    assert zoo.evaluate_checkpoint("course-t5-sum")["abs_diff"] < 1e-4
+    assert build.evaluate_checkpoint("course-t5-sum")["abs_diff"] < 1e-4
     test = summary_pairs("test")
     lead = rouge_scores([lead_baseline(p.source) for p in test], [p.target for p in test])
     assert abs(100 * lead["rougeL"] - metrics["rouge_test"]["lead_baseline"]["rougeL"]) < 0.01
-    model, tok = zoo.load_pretrained("course-t5-sum")
+    model, tok = loading.load_pretrained("course-t5-sum")
     for sample in metrics["samples"]:
         assert summarize(model, tok, [sample["source"]]) == [sample["summary"]]
     assert metrics["held_out"]["loss"] < 5.5  # an untrained model of this vocabulary scores ~8.3 (ln 4096)

@@ -10,8 +10,14 @@ from transformers import T5Config as HFT5Config
 from transformers import T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention, T5LayerNorm
 
-from llm_course.manual_ch02 import future_token_influence, padding_influence
-from llm_course.t5 import T5, RMSNorm, Seq2SeqLMOutput, T5Config, relative_position_bucket
+from llm_course.models.manual_ch02 import future_token_influence, padding_influence
+from llm_course.models.t5 import (
+    T5,
+    RMSNorm,
+    Seq2SeqLMOutput,
+    T5Config,
+    relative_position_bucket,
+)
 
 V, TOL = 89, 1e-5
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import pydoc_data.topics
 import subprocess
 import sys
 import unicodedata
 from pathlib import Path
 
-import pydoc_data.topics
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llm_course.tokenizer import (
+from llm_course.text.tokenizer import (
     ByteLevelBPETokenizer,
     bpe_merge_steps,
     bytes_to_unicode,
@@ -231,7 +231,7 @@ def test_training_is_deterministic_across_processes() -> None:
     here = ByteLevelBPETokenizer.train(MIXED[:60_000], 700).merges
     code = (
         "import json, sys; from tests.test_tokenizer import MIXED; "
-        "from llm_course.tokenizer import ByteLevelBPETokenizer as T; "
+        "from llm_course.text.tokenizer import ByteLevelBPETokenizer as T; "
         "print(json.dumps(T.train(MIXED[:60_000], 700).merges))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -16,19 +16,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-import llm_course.training as training
-from llm_course.gpt import GPT, GPTConfig
-from llm_course.training import (
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.train import loop, precision
+from llm_course.train.checkpoints import (
     CHECKPOINT_NAME,
-    LossPlot,
+    load_checkpoint,
+    save_checkpoint,
+)
+from llm_course.train.liveplot import LossPlot, in_notebook
+from llm_course.train.loop import (
     NonFiniteLossError,
     TrainConfig,
     configure_optimizer,
     estimate_loss,
-    in_notebook,
-    load_checkpoint,
     lr_at,
-    save_checkpoint,
     train,
 )
 
@@ -505,7 +506,7 @@ def test_live_plot_is_a_no_op_outside_a_notebook_and_updates_in_place_inside(mon
     assert shown == []  # pytest is not a notebook
 
     plot = LossPlot(every=2, enabled=True)
-    monkeypatch.setattr(training, "LossPlot", lambda every, enabled: plot)
+    monkeypatch.setattr(loop, "LossPlot", lambda every, enabled: plot)
     result = train(tiny_gpt(), fixed_val_batch, quiet(max_steps=4, log_interval=2), evaluate=fixed_val_batch)
     assert shown[0][0] == "display" and shown[0][2] is True  # shown once with a display id ...
     assert len(shown) >= 3 and all(s[0] == "update" for s in shown[1:])  # ... then replaced in place
@@ -554,10 +555,10 @@ def test_auto_precision_is_fp32_on_the_cpu_and_bf16_or_fp16_on_a_gpu(monkeypatch
     b = train(tiny_gpt(), random_windows(torch.Generator().manual_seed(0)), quiet(max_steps=4))
     assert a.precision == "fp32" and a.losses == b.losses
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert training.resolve_precision("auto", "cuda") == "bf16"  # A100 / H100 / L4
+    assert precision.resolve_precision("auto", "cuda") == "bf16"  # A100 / H100 / L4
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert training.resolve_precision("auto", "cuda") == "fp16"  # Colab's free T4
-    assert training.resolve_precision("auto", "mps") == "fp32"
+    assert precision.resolve_precision("auto", "cuda") == "fp16"  # Colab's free T4
+    assert precision.resolve_precision("auto", "mps") == "fp32"
 
 
 def test_precision_errors_are_clear():
@@ -569,7 +570,7 @@ def test_precision_errors_are_clear():
 
 def test_fp16_grad_scaler_skips_an_overflowing_step_and_goes_on(monkeypatch):
     """The fp16 path (a T4 on Colab), run on the CPU: loss scaling, and an overflow skipped, not fatal."""
-    monkeypatch.setattr(training, "check_precision", lambda precision, device: None)  # allow fp16 on the CPU
+    monkeypatch.setattr(precision, "check_precision", lambda precision, device: None)  # allow fp16 on the CPU
     model = tiny_gpt(dropout=0.0)
     seen = _matmul_dtypes(model)
     weights: dict[int, dict[str, torch.Tensor]] = {}

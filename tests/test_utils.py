@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from llm_course.utils import get_device, seed_everything
+from llm_course.core.runtime import get_device, seed_everything
 
 
 def test_auto_device_is_available_and_cpu_works():

@@ -37,19 +37,17 @@ from transformers import (
     T5Tokenizer,
 )
 
-from llm_course.tokenizer import ByteLevelBPETokenizer, bytes_to_unicode
-from llm_course.widgets import (
-    KINDS,
-    AttentionExplorer,
-    collect_attentions,
-    context_length,
+from llm_course.text.tokenizer import ByteLevelBPETokenizer, bytes_to_unicode
+from llm_course.viz.attention_data import KINDS, collect_attentions, context_length
+from llm_course.viz.figures import (
     figure_to_png,
     highlight_html,
     plot_head_grid,
     plot_heatmap,
     plot_token_attention,
-    token_label,
 )
+from llm_course.viz.tokens import token_label
+from llm_course.widgets.attention_explorer import AttentionExplorer
 
 CORPUS = [
     "the cat sat on the mat",
@@ -592,7 +590,7 @@ def test_a_text_longer_than_the_context_is_shown_as_an_error(explorer):
 
 
 def test_explorer_cache_is_bounded_in_bytes(gpt2, gpt2_tok, monkeypatch):
-    import llm_course.widgets as widgets_module
+    import llm_course.widgets.attention_explorer as widgets_module
 
     ex = AttentionExplorer(gpt2, gpt2_tok, texts=[TEXT_A, TEXT_B, "the cat"], dpi=30)
     one = ex.data.nbytes
@@ -626,16 +624,16 @@ def test_explorer_with_one_model_and_bad_arguments(bert, bert_tok, gpt2):
 
 
 # --------------------------------------------------------------------------------------
-# The course's own models (llm_course.gpt / bert / t5), checked against their HF twins
+# The course's own models (llm_course.models.gpt / bert / t5), checked against their HF twins
 # --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def course_models(course_tok):
-    from llm_course.bert import BERT, BERTConfig
-    from llm_course.gpt import GPT, GPTConfig
-    from llm_course.t5 import T5
-    from llm_course.t5 import T5Config as CourseT5Config
+    from llm_course.models.bert import BERT, BERTConfig
+    from llm_course.models.gpt import GPT, GPTConfig
+    from llm_course.models.t5 import T5
+    from llm_course.models.t5 import T5Config as CourseT5Config
 
     torch.manual_seed(0)
     vocab = course_tok.vocab_size

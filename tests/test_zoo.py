@@ -7,7 +7,6 @@ The tiny-recipe tests train a real (few-step) checkpoint end to end and always r
 import dataclasses
 import json
 import math
-import os
 import pickle
 import shutil
 import subprocess
@@ -20,11 +19,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm_course import zoo
-from llm_course.bert import BERT
-from llm_course.gpt import GPT
-from llm_course.pretraining import generate
-from llm_course.tokenizer import ByteLevelBPETokenizer
+from llm_course.core import paths
+from llm_course.models.bert import BERT
+from llm_course.models.gpt import GPT
+from llm_course.text.tokenizer import ByteLevelBPETokenizer
+from llm_course.train.pretraining import generate
+from llm_course.zoo import build, loading, recipes
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_MODEL_TARGET_BPC = 2.36  # notebook 04's quick GPT must reach this; the shipped one must beat it clearly
@@ -34,7 +34,7 @@ RUSSIAN = ["Привет! Как дела?", "Я люблю программир
 
 
 def _shipped(name: str) -> Path:
-    folder = zoo.CHECKPOINTS_DIR / name
+    folder = paths.CHECKPOINTS_DIR / name
     if not (folder / "config.json").is_file():
         pytest.skip(f"checkpoint {name} is not shipped ({folder} missing): make it with "
                     f"`llm-course zoo train {name} --out {folder}`")
@@ -53,14 +53,14 @@ def bert_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def gpt(gpt_dir):
-    return zoo.load_pretrained("course-gpt")
+    return loading.load_pretrained("course-gpt")
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """A real checkpoint made by train_checkpoint from a TINY override recipe (a few steps)."""
     out = tmp_path_factory.mktemp("zoo") / "tiny-gpt"
-    return zoo.train_checkpoint(
+    return build.train_checkpoint(
         "course-gpt", out, progress=False, max_steps=4, warmup_steps=1, vocab_size=300, n_layer=1, n_head=2,
         n_embd=32, block_size=32, batch_size=4, max_train_chars=30_000, eval_interval=2, eval_steps=1,
         max_val_chars=5000, val_slice_chars=300, threads=None,
@@ -77,17 +77,17 @@ def _read(folder: Path, name: str) -> dict:
 
 
 def test_registry_has_the_pretrained_and_tuned_recipes():
-    assert {"course-gpt", "course-bert", "course-gpt-chat"} <= set(zoo.ZOO)
-    assert zoo.ZOO["course-gpt"].kind == "causal-lm" and zoo.ZOO["course-bert"].kind == "masked-lm"
-    assert isinstance(zoo.ZOO["course-gpt-chat"], zoo.TunedRecipe) and zoo.ZOO["course-gpt-chat"].base == "course-gpt"
-    for recipe in zoo.ZOO.values():
-        if isinstance(recipe, zoo.TunedRecipe):
-            assert recipe.base in zoo.ZOO and isinstance(zoo.ZOO[recipe.base], zoo.ZooRecipe)
-    assert set(zoo.shipped_names()) <= set(zoo.ZOO)
+    assert {"course-gpt", "course-bert", "course-gpt-chat"} <= set(recipes.ZOO)
+    assert recipes.ZOO["course-gpt"].kind == "causal-lm" and recipes.ZOO["course-bert"].kind == "masked-lm"
+    assert isinstance(recipes.ZOO["course-gpt-chat"], recipes.TunedRecipe) and recipes.ZOO["course-gpt-chat"].base == "course-gpt"
+    for recipe in recipes.ZOO.values():
+        if isinstance(recipe, recipes.TunedRecipe):
+            assert recipe.base in recipes.ZOO and isinstance(recipes.ZOO[recipe.base], recipes.ZooRecipe)
+    assert set(loading.shipped_names()) <= set(recipes.ZOO)
     with pytest.raises(ValueError, match="kind"):
-        zoo.ZooRecipe(name="x", kind="seq2seq", description="")
+        recipes.ZooRecipe(name="x", kind="seq2seq", description="")
     with pytest.raises(ValueError, match="divisible"):
-        zoo.ZOO["course-gpt"].replace(n_head=7)
+        recipes.ZOO["course-gpt"].replace(n_head=7)
 
 
 def test_package_data_patterns_cover_every_shipped_file():
@@ -99,20 +99,20 @@ def test_package_data_patterns_cover_every_shipped_file():
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["llm_course"]
     package = ROOT / "llm_course"
     covered = {p for pattern in patterns for p in package.glob(pattern)}
-    for name in zoo.shipped_names():
-        for f in (zoo.CHECKPOINTS_DIR / name).iterdir():
+    for name in loading.shipped_names():
+        for f in (paths.CHECKPOINTS_DIR / name).iterdir():
             assert f in covered, f"{f} would be left out of the wheel by {patterns}"
-        assert not [f for f in (zoo.CHECKPOINTS_DIR / name).iterdir() if f.suffix in zoo.PICKLE_SUFFIXES]
+        assert not [f for f in (paths.CHECKPOINTS_DIR / name).iterdir() if f.suffix in recipes.PICKLE_SUFFIXES]
 
 
 @pytest.mark.parametrize("name", ["course-gpt", "course-bert"])
 def test_shipped_recipe_json_matches_the_registry_and_is_complete(name):
     folder = _shipped(name)
     recipe = _read(folder, "recipe.json")
-    assert recipe["recipe"] == dataclasses.asdict(zoo.ZOO[name])  # what is shipped is what the zoo says
+    assert recipe["recipe"] == dataclasses.asdict(recipes.ZOO[name])  # what is shipped is what the zoo says
     for key in ("seed", "torch", "transformers", "train_seconds", "wall_seconds", "data", "parameters", "steps"):
         assert key in recipe, key
-    assert recipe["steps"] == zoo.ZOO[name].max_steps
+    assert recipe["steps"] == recipes.ZOO[name].max_steps
     metrics = _read(folder, "metrics.json")
     assert metrics["weights_dtype"] == "float16"
     size = (folder / "model.safetensors").stat().st_size
@@ -139,7 +139,7 @@ def test_gpt_loads_both_ways_with_equal_logits(gpt, gpt_dir):
     with torch.no_grad():
         ours, theirs = model(x).logits, hf(x).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
-    hf2, tok2 = zoo.load_pretrained("course-gpt", as_course_model=False)
+    hf2, tok2 = loading.load_pretrained("course-gpt", as_course_model=False)
     assert type(hf2).__name__ == "GPT2LMHeadModel" and hf2.dtype == torch.float32
     assert tok2(text)["input_ids"] == ids
 
@@ -151,7 +151,7 @@ def test_gpt_recorded_validation_loss_is_reproduced_from_the_shipped_weights(gpt
     sl = metrics["val_slice"]
     assert sl["chars"] == len(sl["text"]) >= 1000
     model, tok = gpt
-    measured = zoo.slice_loss(model, tok, sl["text"], "causal-lm", recipe["block_size"])
+    measured = build.slice_loss(model, tok, sl["text"], "causal-lm", recipe["block_size"])
     assert measured["loss"] == pytest.approx(sl["loss"], abs=1e-4)
     # An independent reference: transformers' logits, the cross-entropy summed by hand over windows that
     # overlap by one token (every token but the first predicted once), divided by characters.
@@ -178,7 +178,7 @@ def test_gpt_clearly_beats_the_notebooks_quick_model(gpt_dir):
 def test_gpt_greedy_continuation_is_deterministic_english_and_matches_transformers(gpt, gpt_dir):
     from transformers import AutoModelForCausalLM
 
-    from llm_course.data import docs_corpus
+    from llm_course.text.corpora import docs_corpus
 
     model, tok = gpt
     recorded = _read(gpt_dir, "metrics.json")["greedy_sample"]
@@ -208,13 +208,13 @@ def test_gpt_tokenizer_handles_cyrillic(gpt):
     assert len(tok.encode(s)) < len(s.encode("utf-8")) * 0.8
 
 
-@pytest.mark.skipif(not (zoo.CHECKPOINTS_DIR / "course-gpt" / "tokenizer.json").is_file(),
+@pytest.mark.skipif(not (paths.CHECKPOINTS_DIR / "course-gpt" / "tokenizer.json").is_file(),
                     reason="course-gpt is not shipped (llm_course/checkpoints/course-gpt missing)")
 @settings(max_examples=40, deadline=None)
 @given(st.text(alphabet=st.characters(min_codepoint=0x0400, max_codepoint=0x04FF) | st.sampled_from(" .,!?\nabc"),
                max_size=60))
 def test_gpt_tokenizer_round_trips_any_cyrillic_text(s):
-    tok = _cached_tokenizer(zoo.CHECKPOINTS_DIR / "course-gpt")
+    tok = _cached_tokenizer(paths.CHECKPOINTS_DIR / "course-gpt")
     assert tok.decode(tok.encode(s, allowed_special="none")) == s
 
 
@@ -235,7 +235,7 @@ def _cached_tokenizer(folder: Path) -> ByteLevelBPETokenizer:
 def test_bert_loads_both_ways_with_equal_logits_and_reproduces_its_metrics(bert_dir):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    model, tok = zoo.load_pretrained("course-bert")
+    model, tok = loading.load_pretrained("course-bert")
     assert isinstance(model, BERT) and isinstance(tok, ByteLevelBPETokenizer)
     hf = AutoModelForMaskedLM.from_pretrained(bert_dir, dtype=torch.float32)
     hf_tok = AutoTokenizer.from_pretrained(bert_dir)
@@ -250,12 +250,12 @@ def test_bert_loads_both_ways_with_equal_logits_and_reproduces_its_metrics(bert_
     metrics, recipe = _read(bert_dir, "metrics.json"), _read(bert_dir, "recipe.json")["recipe"]
     sl = metrics["val_slice"]
     for m in (model, hf):  # the course model and transformers' give the recorded masked-LM loss
-        got = zoo.slice_loss(m, tok, sl["text"], "masked-lm", recipe["block_size"], recipe["mlm_probability"])
+        got = build.slice_loss(m, tok, sl["text"], "masked-lm", recipe["block_size"], recipe["mlm_probability"])
         assert got["loss"] == pytest.approx(sl["loss"], abs=1e-4)
         assert got["masked_tokens"] == sl["masked_tokens"]
     # It uses the context: its masked-token loss is well below that of the best context-free guess, the
     # training text's token frequencies (add-one smoothed) scored on the validation text.
-    from llm_course.data import docs_corpus
+    from llm_course.text.corpora import docs_corpus
 
     fast = tok.to_hf_tokenizer()
     counts = torch.bincount(torch.tensor(fast.encode(docs_corpus().train).ids), minlength=tok.vocab_size).double() + 1
@@ -265,9 +265,9 @@ def test_bert_loads_both_ways_with_equal_logits_and_reproduces_its_metrics(bert_
 
 
 def test_bert_fills_a_mask_with_a_plausible_word(bert_dir):
-    from llm_course.pretraining import fill_mask
+    from llm_course.train.pretraining import fill_mask
 
-    model, tok = zoo.load_pretrained("course-bert")
+    model, tok = loading.load_pretrained("course-bert")
     guesses = fill_mask(model, tok, "Return True if the object is an instance of the class.", " the", k=5)
     assert " the" in [g for g, _ in guesses], guesses
 
@@ -279,18 +279,18 @@ def test_bert_fills_a_mask_with_a_plausible_word(bert_dir):
 
 def test_unknown_zoo_name_lists_the_zoo():
     with pytest.raises(ValueError, match=r"unknown zoo checkpoint 'course-gtp'.*Did you mean 'course-gpt'.*course-bert"):
-        zoo.load_pretrained("course-gtp")
+        loading.load_pretrained("course-gtp")
     with pytest.raises(ValueError, match="kind must be one of"):
-        zoo.load_pretrained("course-gpt", kind="seq2seq")
+        loading.load_pretrained("course-gpt", kind="seq2seq")
     with pytest.raises(TypeError, match="name_or_path"):
-        zoo.load_pretrained(42)
+        loading.load_pretrained(42)
 
 
 def test_hub_id_while_offline_is_a_clear_error_listing_the_shipped_names(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"offline \(HF_HUB_OFFLINE=1\).*shipped checkpoint") as info:
-        zoo.load_pretrained("openai-community/gpt2")
-    for name in zoo.shipped_names():
+        loading.load_pretrained("openai-community/gpt2")
+    for name in loading.shipped_names():
         assert name in str(info.value)
 
 
@@ -299,18 +299,18 @@ def test_hub_failure_without_the_offline_flag_is_a_clear_error(monkeypatch):
     (huggingface_hub is put in offline mode underneath, so nothing is ever downloaded here.)"""
     import huggingface_hub.constants
 
-    monkeypatch.setattr(zoo, "_offline", lambda: False)
+    monkeypatch.setattr(loading, "_offline", lambda: False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match=r"(?s)could not load 'llm-course-tests/no-such-model'.*offline.*Shipped"):
-        zoo.load_pretrained("llm-course-tests/no-such-model")
+        loading.load_pretrained("llm-course-tests/no-such-model")
 
 
 def test_missing_folder_is_a_file_not_found_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no folder"):
-        zoo.load_pretrained(str(tmp_path / "nope" / "deeper"))
+        loading.load_pretrained(str(tmp_path / "nope" / "deeper"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        zoo.load_pretrained(tmp_path / "empty")
+        loading.load_pretrained(tmp_path / "empty")
 
 
 class _Boom:
@@ -330,9 +330,9 @@ def test_a_pickle_checkpoint_is_refused_and_never_unpickled(tiny_dir, tmp_path):
     sentinel = tmp_path / "code-ran"
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Boom(str(sentinel))))
     with pytest.raises(ValueError, match=r"pickle checkpoint \(pytorch_model.bin\).*never unpickles"):
-        zoo.load_pretrained(folder)
+        loading.load_pretrained(folder)
     with pytest.raises(ValueError, match="pickle"):
-        zoo.load_pretrained(folder, as_course_model=False)
+        loading.load_pretrained(folder, as_course_model=False)
     assert not sentinel.exists()
 
 
@@ -342,22 +342,22 @@ def test_corrupt_weights_and_files_are_clear_errors(tiny_dir, tmp_path):
     data = (bad / "model.safetensors").read_bytes()
     (bad / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a valid safetensors file"):
-        zoo.load_pretrained(bad)
+        loading.load_pretrained(bad)
     garbage = tmp_path / "garbage"
     shutil.copytree(tiny_dir, garbage)
     (garbage / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="not a valid safetensors file"):
-        zoo.load_pretrained(garbage)
+        loading.load_pretrained(garbage)
     no_tok = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_dir, no_tok)
     (no_tok / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
-        zoo.load_pretrained(no_tok)
+        loading.load_pretrained(no_tok)
     bad_config = tmp_path / "bad-config"
     shutil.copytree(tiny_dir, bad_config)
     (bad_config / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        zoo.load_pretrained(bad_config)
+        loading.load_pretrained(bad_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,11 +371,11 @@ def test_train_checkpoint_tiny_recipe_makes_a_loadable_folder(tiny_dir):
     names = {f.name for f in tiny_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "recipe.json",
             "metrics.json"} <= names
-    assert not [n for n in names if n.endswith(zoo.PICKLE_SUFFIXES)]
+    assert not [n for n in names if n.endswith(recipes.PICKLE_SUFFIXES)]
     recipe = _read(tiny_dir, "recipe.json")
     assert recipe["recipe"]["max_steps"] == recipe["steps"] == 4 and recipe["recipe"]["n_embd"] == 32
     assert recipe["torch"] == torch.__version__ and recipe["seed"] == 0
-    model, tok = zoo.load_pretrained(tiny_dir)
+    model, tok = loading.load_pretrained(tiny_dir)
     assert isinstance(model, GPT) and model.config.n_embd == 32 and tok.vocab_size == 300
     hf = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     x = torch.tensor([tok.encode("def main(): return 0")])
@@ -386,7 +386,7 @@ def test_train_checkpoint_tiny_recipe_makes_a_loadable_folder(tiny_dir):
 
     with safe_open(str(tiny_dir / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
-    result = zoo.evaluate_checkpoint(tiny_dir)
+    result = build.evaluate_checkpoint(tiny_dir)
     assert result["abs_diff"] < 1e-5
     assert result["validation"]["loss"] == pytest.approx(_read(tiny_dir, "metrics.json")["validation"]["loss"],
                                                          abs=1e-4)
@@ -394,15 +394,15 @@ def test_train_checkpoint_tiny_recipe_makes_a_loadable_folder(tiny_dir):
 
 def test_train_checkpoint_refuses_to_overwrite_and_leaves_nothing_when_cut_short(tiny_dir, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
-        zoo.train_checkpoint("course-gpt", tiny_dir, max_steps=2, warmup_steps=1)
+        build.train_checkpoint("course-gpt", tiny_dir, max_steps=2, warmup_steps=1)
     out = tmp_path / "cut"
     with pytest.raises(TimeoutError, match="nothing was written"):
-        zoo.train_checkpoint("course-gpt", out, progress=False, max_steps=50, warmup_steps=1, vocab_size=300,
+        build.train_checkpoint("course-gpt", out, progress=False, max_steps=50, warmup_steps=1, vocab_size=300,
                              n_layer=1, n_head=2, n_embd=32, block_size=32, batch_size=4, max_train_chars=30_000,
                              max_val_chars=5000, eval_interval=50, eval_steps=1, time_limit_s=1e-6, threads=None)
     assert not out.exists() and not list(tmp_path.glob(".cut-*"))
     with pytest.raises(ValueError, match="unknown zoo checkpoint"):
-        zoo.train_checkpoint("course-gtp", tmp_path / "x")
+        build.train_checkpoint("course-gtp", tmp_path / "x")
 
 
 def test_cli_zoo_list_and_errors():
@@ -423,7 +423,7 @@ def test_cli_zoo_eval_rescoring_matches(tiny_dir):
 
 def test_a_t5_folder_loads_as_the_course_t5_and_as_transformers(gpt, tmp_path):
     """Tuned checkpoints can be sequence-to-sequence (course-t5-sum): the loader reads model_type t5."""
-    from llm_course.t5 import T5, T5Config
+    from llm_course.models.t5 import T5, T5Config
 
     _, tok = gpt
     torch.manual_seed(0)
@@ -431,8 +431,8 @@ def test_a_t5_folder_loads_as_the_course_t5_and_as_transformers(gpt, tmp_path):
                         pad_token_id=0, eos_token_id=0, decoder_start_token_id=0)).eval()
     model.to_hf().save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    course, course_tok = zoo.load_pretrained(tmp_path)
-    hf, _ = zoo.load_pretrained(tmp_path, as_course_model=False)
+    course, course_tok = loading.load_pretrained(tmp_path)
+    hf, _ = loading.load_pretrained(tmp_path, as_course_model=False)
     assert isinstance(course, T5) and type(hf).__name__ == "T5ForConditionalGeneration"
     src = torch.tensor([course_tok.encode("Return the sum of the arguments.")])
     labels = torch.tensor([course_tok.encode("Add numbers.")])
@@ -442,4 +442,4 @@ def test_a_t5_folder_loads_as_the_course_t5_and_as_transformers(gpt, tmp_path):
         c = model(input_ids=src, labels=labels)
     assert torch.allclose(a.logits, c.logits, atol=1e-6) and torch.allclose(a.logits, b.logits, atol=1e-5)
     with pytest.raises(ValueError, match="seq2seq|causal"):
-        zoo.load_pretrained(tmp_path, kind="causal-lm")
+        loading.load_pretrained(tmp_path, kind="causal-lm")

@@ -1,0 +1,730 @@
+"""Summarization: a seq2seq model, a causal LM's "TL;DR:", and ROUGE to tell them apart. Chapter 08 (applications).
+
+The manual's summariser (ERRATA section 8) prompts a causal LM with
+``"Создай краткое резюме следующего текста:\\n\\n{text}\\n\\nРезюме:"`` and has three defects, fixed here:
+
+1. **The summary cut out of a string.** ``decode(outputs[0])[len(prompt):]`` assumes that decoding gives
+   back the prompt's exact text (it does not for normalising tokenizers, cleaned-up spaces or skipped
+   special tokens). ``tldr_summarize`` decodes the *generated ids* only (those after the prompt), up to
+   the end-of-text id, and keeps the first line.
+2. **Sampling settings that do nothing.** ``temperature=0.7, top_p=0.9`` without ``do_sample=True`` are
+   ignored by greedy decoding. Here decoding is greedy on purpose (a summary should be the model's best
+   guess, and reproducible), and ``generation.GenerationConfig`` rejects the ineffective combination.
+3. **No evaluation at all.** Here every method is scored with ROUGE (``rouge_scores``, the
+   ``rouge-score`` package) on a held-out split, next to the trivial **lead baseline** (the first
+   sentence of the text), which any summariser must beat to be worth its compute.
+
+The task (``summary_pairs``), built from the standard-library documentation of chapter 01: the
+*source* is a documentation entry's title line and its body **without its first sentence**; the
+*target* is that first sentence (the docstring's summary line). Removing it matters: otherwise the lead
+baseline would copy the answer. One entry in ten (by a hash of its name) is held out.
+
+Three summarisers:
+
+* ``lead_baseline(source)``: the first sentence of the body.
+* ``summarize``: a sequence-to-sequence model, chapter 02's ``T5`` (greedy decoding with the key/value
+  cache; the encoder runs once) or any transformers seq2seq model (``T5ForConditionalGeneration``; a
+  Hub T5 such as ``google-t5/t5-small`` wants ``prefix="summarize: "``). ``train_summarizer`` trains a
+  small course T5 from scratch on the train split (the ``course-t5-sum`` recipe).
+* ``tldr_summarize``: a causal LM continues ``"{text}\\n\\nTL;DR:"`` (``TLDR_PROMPT``, the GPT-2 paper's
+  zero-shot trick) or the manual's Russian prompt (``MANUAL_PROMPT``).
+
+ROUGE pitfall: ``rouge-score``'s default tokenizer lowercases and keeps only ``[a-z0-9]`` runs, so a
+Russian summary has *no tokens* and scores 0 against anything, itself included. ``rouge_scores(...,
+tokenizer="unicode")`` splits on ``\\w+`` (any script); ``"default"`` warns when a text with letters has
+no tokens.
+
+Measured on the test split (318 pairs; 2,398 train), mean F1 x 100, default ROUGE tokenizer:
+
+    ==============================================  =======  =======  =======
+    summariser                                      ROUGE-1  ROUGE-2  ROUGE-L
+    ==============================================  =======  =======  =======
+    lead baseline (first sentence of the rest)        18.1      4.8     15.1
+    the title line alone                              15.8      2.3     14.6
+    course-t5-sum (shipped: 600 steps)                11.0      1.4     10.6
+    the same recipe at 300 steps                      11.3      1.4     11.2
+    course-gpt, ``TLDR_PROMPT``                        6.9      0.9      6.6
+    course-gpt, the manual's Russian prompt            1.2      0.0      1.1
+    ==============================================  =======  =======  =======
+
+**The lead baseline wins.** The shipped course-t5-sum (``llm-course zoo train course-t5-sum``: 600 steps,
+7 minutes on two threads; held-out loss 4.47 nats per summary token, 4.84 after 300 steps) has learnt
+the *style* of a summary line but not to read its source: it writes nearly the same sentence for every
+input ("Return the given file for the current file."),
+which shares the frequent words ("Return the ... of the ...") with many references and nothing else.
+Starting its embedding from course-gpt's helps (training loss at step 80: 5.74 against 6.47 from a
+random start) but does not change the verdict. The 2.3 M-parameter course-gpt has never seen "TL;DR:"
+used as a cue, so it continues with more documentation-like text (often code or a reST table rule); the
+Russian prompt makes it write Cyrillic babble ("Пророророр...") that shares nothing with the English
+references.
+
+Notebook use::
+
+    from llm_course.apps.summarization import (summary_pairs, lead_baseline, rouge_scores, train_summarizer,
+                                          summarize, tldr_summarize)
+    from llm_course.zoo.loading import load_pretrained
+
+    test = summary_pairs("test")
+    refs = [p.target for p in test]
+    rouge_scores([lead_baseline(p.source) for p in test], refs)
+    t5, tok, result = train_summarizer()                      # about 5 minutes on a laptop
+    rouge_scores(summarize(t5, tok, [p.source for p in test]), refs)
+    gpt, gpt_tok = load_pretrained("course-gpt")
+    rouge_scores(tldr_summarize(gpt, gpt_tok, [p.source for p in test]), refs)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from llm_course.infer.generation import _encode_plain, context_length, generate
+from llm_course.models.t5 import T5, T5Config
+from llm_course.text.corpora import docs_documents, first_sentence
+from llm_course.train.instruct import IGNORE_INDEX, eos_token_id, tune_encoded
+from llm_course.train.loop import TrainResult
+
+__all__ = [
+    "SummaryPair",
+    "summary_pairs",
+    "lead_baseline",
+    "ROUGE_TYPES",
+    "rouge_scores",
+    "new_summarizer",
+    "encode_pair",
+    "Seq2SeqCollator",
+    "summarization_tune",
+    "summarize",
+    "TLDR_PROMPT",
+    "MANUAL_PROMPT",
+    "tldr_summarize",
+    "train_summarizer",
+    "held_out_loss",
+    "tune",
+    "measure",
+]
+
+SUMMARY_TEST_SHARE = 10  # one entry in SUMMARY_TEST_SHARE (by a hash of its name) is held out
+MIN_TARGET_CHARS = 20  # shorter summary lines ("New in 3.5.") say too little
+MAX_TARGET_CHARS = 200  # longer ones are paragraphs, not summaries
+MIN_REST_CHARS = 80  # a body that is little more than its summary line leaves nothing to summarise
+MAX_SOURCE_CHARS = 600  # sources are cut (at a word boundary) to this many characters
+MAX_SOURCE_TOKENS = 64  # source tokens read (end-of-text included): course-t5-sum is trained on 64; Hub T5: 512
+
+# --------------------------------------------------------------------------------------------
+# 1. The task: a documentation entry's body -> its first sentence
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SummaryPair:
+    """One summarisation example. Chapter 08 (applications).
+
+    ``name``: the documentation entry (``"json.dumps"``). ``source``: its title on the first line, then
+    the body without its first sentence, on one line. ``target``: that first sentence.
+    """
+
+    name: str
+    source: str
+    target: str
+
+
+def _flatten(text: str) -> str:
+    """All white space (line breaks included) as single spaces."""
+    return " ".join(text.split())
+
+
+def _cut_words(text: str, max_chars: int) -> str:
+    """``text`` cut to at most ``max_chars`` characters, at a word boundary."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[: max_chars + 1].rsplit(" ", 1)[0]  # +1: a space right after the limit is a boundary too
+    return cut if cut else text[:max_chars]
+
+
+def _rest_after_summary(body: str) -> str:
+    """The body without its first sentence (``first_sentence`` reads the first paragraph), on one line."""
+    paragraphs = body.strip().split("\n\n")
+    first = _flatten(paragraphs[0])
+    lead = first_sentence(body)
+    assert first.startswith(lead), (first, lead)  # first_sentence flattens the first paragraph the same way
+    return _flatten(" ".join([first[len(lead):]] + paragraphs[1:]))
+
+
+def _split_of(name: str) -> str:
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    return "test" if int.from_bytes(digest[:8], "big") % SUMMARY_TEST_SHARE == 0 else "train"
+
+
+def summary_pairs(split: str = "train", max_source_chars: int = MAX_SOURCE_CHARS) -> list[SummaryPair]:
+    """The (source, target) pairs of the docs summarisation task, in corpus order. Chapter 08 (applications).
+
+    For every entry of ``data.docs_documents()``: target = its summary line (``Document.summary``, the
+    body's first sentence), kept if it has 20-200 characters; source = ``title + "\\n" + rest`` where
+    rest is the body without that sentence, on one line, cut at a word boundary to ``max_source_chars``
+    characters; entries whose rest has fewer than 80 characters, or whose title or rest contains the
+    target, are skipped. A target seen before (many methods share a docstring) is skipped, so no summary
+    is both trained on and tested. Built once per process (and ``max_source_chars``).
+    ``split``: "train" (9 in 10 entries) or "test" (the others, chosen by a SHA-256 hash of the name:
+    stable across runs and machines), or "all".
+    """
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+    if isinstance(max_source_chars, bool) or not isinstance(max_source_chars, int) or max_source_chars < MIN_REST_CHARS:
+        raise ValueError(f"max_source_chars must be an integer >= {MIN_REST_CHARS}, got {max_source_chars!r}")
+    if max_source_chars not in _PAIRS:
+        _PAIRS[max_source_chars] = _build_pairs(max_source_chars)
+    return [pair for pair_split, pair in _PAIRS[max_source_chars] if split in ("all", pair_split)]
+
+
+_PAIRS: dict[int, list[tuple[str, SummaryPair]]] = {}  # (split, pair) lists by max_source_chars, built once
+
+
+def _build_pairs(max_source_chars: int) -> list[tuple[str, SummaryPair]]:
+    pairs, seen = [], set()
+    for doc in docs_documents():
+        target = doc.summary
+        if not MIN_TARGET_CHARS <= len(target) <= MAX_TARGET_CHARS or target in seen:
+            continue
+        rest = _rest_after_summary(doc.body)
+        title = _flatten(doc.title)
+        if len(rest) < MIN_REST_CHARS or target in rest or target in title:  # some repeat their summary line
+            continue
+        seen.add(target)
+        source = title + "\n" + _cut_words(rest, max_source_chars)
+        pairs.append((_split_of(doc.name), SummaryPair(doc.name, source, target)))
+    return pairs
+
+
+def _check_text(text: Any, what: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{what} is empty (or only white space): there is nothing to summarise")
+    return text
+
+
+def _check_texts(texts: Any) -> list[str]:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise ValueError("texts is empty: pass at least one text to summarise")
+    return [_check_text(t, f"texts[{i}]") for i, t in enumerate(texts)]
+
+
+def lead_baseline(source: str) -> str:
+    """The first sentence of the source's body (the text after its title line). Chapter 08 (applications).
+
+    The "lead" baseline of news summarisation: on a well-written text the opening sentence is already
+    a summary. A source without a line break is all body.
+    """
+    _check_text(source, "source")
+    body = source.split("\n", 1)[1] if "\n" in source else source
+    if not body.strip():
+        raise ValueError(f"source {source[:40]!r} has a title line but no body to take the lead sentence from")
+    return first_sentence(body)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. ROUGE
+# --------------------------------------------------------------------------------------------
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+class _UnicodeTokenizer:
+    """ROUGE tokens for any script: lowercased ``\\w+`` runs (letters, digits, underscore)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+
+_DEFAULT_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def rouge_scores(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    rouge_types: Sequence[str] = ROUGE_TYPES,
+    *,
+    tokenizer: str = "default",
+    use_stemmer: bool = False,
+) -> dict[str, float]:
+    """Mean ROUGE F1 (in [0, 1]; multiply by 100 for the usual tables) over pairs. Chapter 08 (applications).
+
+    ROUGE-n: overlap of word n-grams (precision = shared / predicted, recall = shared / reference, F1
+    their harmonic mean); ROUGE-L: the same with the longest common subsequence of words (order
+    matters, gaps allowed). Computed by Google's ``rouge-score`` package (``rouge_scorer.RougeScorer``).
+    ``tokenizer``: ``"default"`` is the package's (lowercase, ``[a-z0-9]+`` runs; the published
+    numbers), which finds **no tokens in Cyrillic** (a Russian summary scores 0, a warning says so);
+    ``"unicode"``: lowercased ``\\w+`` runs, right for any script. ``use_stemmer``: the package's
+    Porter stemmer (English; default tokenizer only). Returns ``{"rouge1": ..., "rouge2": ..., "rougeL": ...}``.
+    """
+    from rouge_score import rouge_scorer
+
+    for name, values in (("predictions", predictions), ("references", references)):
+        if isinstance(values, str) or not isinstance(values, Sequence):
+            raise TypeError(f"{name} must be a list of strings, got {type(values).__name__}")
+        bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+        if bad:
+            raise TypeError(f"{name}[{bad[0]}] is a {type(values[bad[0]]).__name__}, not a string")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references: one prediction per "
+                         "reference, in the same order")
+    if not predictions:
+        raise ValueError("no predictions: ROUGE of an empty list is undefined")
+    rouge_types = list(rouge_types)
+    allowed = {"rouge1", "rouge2", "rouge3", "rouge4", "rougeL", "rougeLsum"}
+    if not rouge_types or not set(rouge_types) <= allowed:
+        raise ValueError(f"rouge_types must be some of {sorted(allowed)}, got {rouge_types!r}")
+    if tokenizer == "unicode":
+        if use_stemmer:
+            raise ValueError("use_stemmer is the English Porter stemmer; it goes with tokenizer='default' only")
+        scorer = rouge_scorer.RougeScorer(rouge_types, tokenizer=_UnicodeTokenizer())
+    elif tokenizer == "default":
+        scorer = rouge_scorer.RougeScorer(rouge_types, use_stemmer=use_stemmer)
+        for text in (*predictions, *references):
+            if re.search(r"[^\W\d_]", text) and not _DEFAULT_TOKEN.search(text.lower()):
+                warnings.warn(f"{text[:40]!r} has letters but no [a-z0-9] tokens, so ROUGE's default tokenizer "
+                              "scores it 0; use tokenizer='unicode' for non-Latin text", stacklevel=2)
+                break
+    else:
+        raise ValueError(f"tokenizer must be 'default' or 'unicode', got {tokenizer!r}")
+    totals = dict.fromkeys(rouge_types, 0.0)
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)  # the package's order: (target, prediction)
+        for t in rouge_types:
+            totals[t] += scores[t].fmeasure
+    return {t: totals[t] / len(predictions) for t in rouge_types}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. A small course T5 for the course tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+def _vocab_size(tokenizer: Any) -> int:
+    size = getattr(tokenizer, "vocab_size", None)
+    size = size() if callable(size) else size
+    return int(len(tokenizer) if hasattr(tokenizer, "__len__") else size)
+
+
+def new_summarizer(
+    tokenizer: Any,
+    *,
+    d_model: int = 160,
+    num_layers: int = 3,
+    num_decoder_layers: int | None = None,
+    num_heads: int = 4,
+    d_ff: int = 512,
+    dropout_rate: float = 0.1,
+    embeddings_from: nn.Module | None = None,
+    seed: int = 0,
+) -> T5:
+    """A freshly initialised course ``T5`` for ``tokenizer``. Chapter 08 (applications).
+
+    pad = eos = decoder start = the tokenizer's end-of-text id (the course tokenizer has one special
+    token, ``<|endoftext|>``; transformers' T5 also starts the decoder with its pad token). d_kv =
+    d_model / num_heads, relu feed-forward (T5 v1.0). ``embeddings_from``: a model whose input token
+    embedding (``get_input_embeddings()`` or ``wte``: course-gpt's is 4096 x 160) initialises the
+    shared embedding, rescaled to T5's std of 1 (then d_model must match it).
+    """
+    eos = eos_token_id(tokenizer)
+    if d_model % num_heads:
+        raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
+    config = T5Config(
+        vocab_size=_vocab_size(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
+        num_layers=num_layers, num_decoder_layers=num_decoder_layers, num_heads=num_heads,
+        dropout_rate=dropout_rate, pad_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos,
+    )
+    torch.manual_seed(seed)
+    model = T5(config)
+    if embeddings_from is not None:
+        table = embeddings_from.get_input_embeddings() if hasattr(embeddings_from, "get_input_embeddings") \
+            else getattr(embeddings_from, "wte", None)
+        if not isinstance(table, nn.Embedding):
+            raise TypeError(f"embeddings_from must have a token embedding (get_input_embeddings() or .wte), "
+                            f"got {type(embeddings_from).__name__}")
+        weight = table.weight.detach().float()
+        if tuple(weight.shape) != tuple(model.shared.weight.shape):
+            raise ValueError(f"embeddings_from has a {tuple(weight.shape)} embedding, this T5 needs "
+                             f"{tuple(model.shared.weight.shape)} (vocab_size, d_model)")
+        with torch.no_grad():
+            model.shared.weight.copy_(weight / weight.std())  # T5 initialises its embedding with std 1
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Training: source tokens in, summary tokens + end-of-text out
+# --------------------------------------------------------------------------------------------
+
+
+def _source_ids(tokenizer: Any, text: str, max_source_tokens: int, prefix: str = "") -> list[int]:
+    """``prefix + text`` as plain-text ids, cut to its first max_source_tokens - 1, then end-of-text (T5's ``</s>``)."""
+    ids = _encode_plain(tokenizer, prefix + text)
+    return ids[: max_source_tokens - 1] + [eos_token_id(tokenizer)]
+
+
+def _check_positive(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def encode_pair(
+    tokenizer: Any, pair: SummaryPair | tuple[str, str], max_source_tokens: int = MAX_SOURCE_TOKENS
+) -> dict[str, list[int]]:
+    """One pair as ``{"input_ids", "attention_mask", "labels"}`` lists for a seq2seq model. Chapter 08.
+
+    ``input_ids``: the source's tokens (its first ``max_source_tokens - 1``) + end-of-text; ``labels``:
+    the target's tokens + end-of-text (the model learns to stop). The model shifts the labels right
+    behind its decoder start token itself (teacher forcing, ``T5.shift_right``).
+    """
+    source, target = (pair.source, pair.target) if isinstance(pair, SummaryPair) else pair
+    _check_positive("max_source_tokens", max_source_tokens, 2)
+    _check_text(source, "the source")
+    _check_text(target, "the target")
+    input_ids = _source_ids(tokenizer, source, max_source_tokens)
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids),
+            "labels": _encode_plain(tokenizer, target) + [eos_token_id(tokenizer)]}
+
+
+class Seq2SeqCollator:
+    """Pads encoded pairs into a batch, on the right. Chapter 08 (applications).
+
+    Unlike a causal LM's examples, the source and the target differ in length: ``input_ids`` /
+    ``attention_mask`` are padded to the longest source (pad id / 0), ``labels`` to the longest target
+    with -100 (no loss on padding).
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = _check_positive("pad_token_id", pad_token_id, 0)
+
+    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty list of pairs")
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            width = max(len(f[key]) for f in features)
+            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features], dtype=torch.long)
+
+        return {"input_ids": pad("input_ids", self.pad_token_id), "attention_mask": pad("attention_mask", 0),
+                "labels": pad("labels", IGNORE_INDEX)}
+
+
+def summarization_tune(
+    model: nn.Module,
+    tokenizer: Any,
+    pairs: Sequence[SummaryPair | tuple[str, str]],
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    *,
+    eval_pairs: Sequence[SummaryPair | tuple[str, str]] | None = None,
+    max_source_tokens: int = MAX_SOURCE_TOKENS,
+    seed: int = 0,
+    **train_config: Any,
+) -> TrainResult:
+    """Train a seq2seq ``model`` (course ``T5`` or transformers') to write the targets. Chapter 08 (applications).
+
+    Each pair is ``encode_pair``-ed; ``steps`` AdamW updates on shuffled batches of ``batch_size``
+    (``Seq2SeqCollator``) with ``training.train``: 10% warmup, cosine decay to ``lr / 10``, no weight
+    decay. ``eval_pairs``: held-out pairs whose summary loss is measured every ``eval_interval`` steps
+    (default: once, at the end). Other ``TrainConfig`` fields by name (``progress=False``...). Returns
+    the ``TrainResult``; the model is left in eval mode.
+    """
+    _check_positive("steps", steps)
+    _check_positive("batch_size", batch_size)
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not pairs:
+        raise ValueError("pairs must be a non-empty list of SummaryPair (or (source, target) tuples)")
+    encoded = [encode_pair(tokenizer, p, max_source_tokens) for p in pairs]
+    held_out = None
+    if eval_pairs is not None:
+        held_out = [encode_pair(tokenizer, p, max_source_tokens) for p in eval_pairs]
+    eos = eos_token_id(tokenizer)
+    return tune_encoded(model, encoded, eos, steps, batch_size, lr, eval_encoded=held_out, seed=seed,
+                        collate=Seq2SeqCollator(eos), **train_config)
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Summarising with a seq2seq model
+# --------------------------------------------------------------------------------------------
+
+
+def _decode_until_eos(tokenizer: Any, ids: Sequence[int], eos: int) -> str:
+    """The text of ``ids`` up to (not including) the first end-of-text id."""
+    ids = [int(i) for i in ids]
+    if eos in ids:
+        ids = ids[: ids.index(eos)]
+    try:
+        return tokenizer.decode(ids, skip_special_tokens=True)  # transformers: drop <pad>, </s>...
+    except TypeError:
+        return tokenizer.decode(ids)  # the course tokenizer has no such option
+
+
+@torch.no_grad()
+def _greedy_t5(model: T5, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding with the course T5: (B, S) source -> (B, <= max_new_tokens) generated ids.
+
+    The encoder runs once; each step feeds the decoder only its newest token (the self-attention keys
+    and values of the earlier ones, and the cross-attention keys and values of the source, are in
+    ``past_key_values``). Rows that have written end-of-text are filled with padding.
+    """
+    c = model.config
+    enc = model.encode(input_ids, attention_mask)
+    B = input_ids.shape[0]
+    token = torch.full((B, 1), c.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    past, out = None, []
+    for _ in range(max_new_tokens):
+        step = model(attention_mask=attention_mask, decoder_input_ids=token, encoder_outputs=enc,
+                     past_key_values=past, use_cache=True)
+        past = step.past_key_values
+        token = step.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        token = token.masked_fill(done[:, None], c.pad_token_id)
+        out.append(token)
+        done |= token[:, 0] == c.eos_token_id
+        if bool(done.all()):
+            break
+    return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def summarize(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str] | str,
+    max_new_tokens: int = 48,
+    *,
+    max_source_tokens: int = MAX_SOURCE_TOKENS,
+    prefix: str = "",
+    batch_size: int = 32,
+) -> list[str] | str:
+    """Greedy summaries of ``texts`` by a seq2seq model. Chapter 08 (applications).
+
+    ``model``: the course ``T5`` (decoded here with the key/value cache, the encoder run once per batch)
+    or a transformers encoder-decoder such as ``T5ForConditionalGeneration`` (its ``generate`` with
+    ``num_beams=1, do_sample=False``; both give the same ids). Each text becomes ``prefix + text`` as
+    plain-text ids (Hub T5 checkpoints want ``prefix="summarize: "`` and ``max_source_tokens=512``), **cut
+    to its first** ``max_source_tokens - 1`` **tokens** (the beginning of a document says the most; the
+    default, 64, is what course-t5-sum is trained on), then end-of-text.
+    The summary is the decoding of the generated ids only, up to the end-of-text id, stripped.
+    A single string gives a single summary; a list gives a list. Empty texts raise ValueError naming
+    the item.
+    """
+    single = isinstance(texts, str)
+    texts = _check_texts([texts] if single else texts)
+    _check_positive("max_new_tokens", max_new_tokens)
+    _check_positive("max_source_tokens", max_source_tokens, 2)
+    _check_positive("batch_size", batch_size)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a seq2seq torch model, got {type(model).__name__}")
+    course = isinstance(model, T5)
+    if not course and not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise TypeError(f"{type(model).__name__} is not an encoder-decoder model; for a causal LM use tldr_summarize")
+    eos = eos_token_id(tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    summaries = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            rows = [_source_ids(tokenizer, t, max_source_tokens, prefix) for t in texts[start: start + batch_size]]
+            width = max(len(r) for r in rows)
+            input_ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows], device=device)  # right-padded
+            attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+            if course:
+                generated = _greedy_t5(model, input_ids, attention_mask, max_new_tokens)
+            else:
+                out = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                                     num_beams=1, do_sample=False, eos_token_id=eos)
+                generated = out[:, 1:]  # the first column is the decoder start token, not generated
+            summaries += [_decode_until_eos(tokenizer, row, eos).strip() for row in generated.tolist()]
+    finally:
+        model.train(was_training)
+    return summaries[0] if single else summaries
+
+
+# --------------------------------------------------------------------------------------------
+# 6. Summarising with a causal LM: "TL;DR:"
+# --------------------------------------------------------------------------------------------
+
+TLDR_PROMPT = "{text}\n\nTL;DR:"
+MANUAL_PROMPT = "Создай краткое резюме следующего текста:\n\n{text}\n\nРезюме:"
+
+
+@torch.no_grad()
+def tldr_summarize(
+    model: nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str] | str,
+    prompt: str = TLDR_PROMPT,
+    max_new_tokens: int = 40,
+    *,
+    batch_size: int = 16,
+) -> list[str] | str:
+    """Summaries by a causal LM that continues ``prompt`` (greedy). Chapter 08 (applications).
+
+    ``prompt`` holds ``{text}`` once: ``TLDR_PROMPT`` (``"{text}\\n\\nTL;DR:"``) or the manual's
+    ``MANUAL_PROMPT``. The prompt is encoded piece by piece (before the text, the text, after it, all as
+    plain text), so that a text too long for ``context_length(model) - max_new_tokens`` is cut at its
+    *end*, in tokens, and the instruction and the "TL;DR:" cue always survive. (Cutting the prompt's
+    start instead would drop the manual's instruction and the text's lead.) Decoding is greedy
+    (``generation.generate``) and stops at end-of-text; the summary is the decoding of the generated ids
+    only (never ``decode(output)[len(prompt):]``), up to end-of-text, up to its first line break,
+    stripped. A single string gives a single summary; a list gives a list.
+    """
+    single = isinstance(texts, str)
+    texts = _check_texts([texts] if single else texts)
+    _check_positive("max_new_tokens", max_new_tokens)
+    _check_positive("batch_size", batch_size)
+    if not isinstance(prompt, str) or prompt.count("{text}") != 1:
+        raise ValueError(f"prompt must contain '{{text}}' exactly once, got {prompt!r}")
+    head, tail = prompt.split("{text}")
+    head_ids = _encode_plain(tokenizer, head) if head else []
+    tail_ids = _encode_plain(tokenizer, tail) if tail else []
+    eos = eos_token_id(tokenizer)
+    limit = context_length(model)
+    budget = None
+    if limit is not None:
+        budget = limit - max_new_tokens - len(head_ids) - len(tail_ids)
+        if budget < 1:
+            raise ValueError(f"the prompt's own {len(head_ids) + len(tail_ids)} tokens plus max_new_tokens="
+                             f"{max_new_tokens} leave no room for the text in the model's {limit}-token context; "
+                             "ask for fewer tokens or use a shorter prompt")
+    device = next(model.parameters()).device
+    summaries = []
+    for start in range(0, len(texts), batch_size):
+        rows = [head_ids + _encode_plain(tokenizer, t)[:budget] + tail_ids for t in texts[start: start + batch_size]]
+        width = max(len(r) for r in rows)
+        input_ids = torch.tensor([[eos] * (width - len(r)) + r for r in rows], device=device)  # left-padded
+        attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        out = generate(model, input_ids, attention_mask, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                       pad_token_id=eos)
+        for row in out[:, width:].tolist():  # the generated ids only
+            text = _decode_until_eos(tokenizer, row, eos).lstrip()
+            summaries.append(text.split("\n", 1)[0].strip())
+    return summaries[0] if single else summaries
+
+
+# --------------------------------------------------------------------------------------------
+# 7. The course-t5-sum recipe
+# --------------------------------------------------------------------------------------------
+
+
+def train_summarizer(
+    steps: int = 300,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    *,
+    d_model: int = 160,
+    num_layers: int = 3,
+    num_heads: int = 4,
+    d_ff: int = 512,
+    dropout_rate: float = 0.1,
+    init_embeddings: bool = True,
+    max_source_tokens: int = MAX_SOURCE_TOKENS,
+    seed: int = 0,
+    progress: bool = True,
+    base: str = "course-gpt",
+    **train_config: Any,
+) -> tuple[T5, Any, TrainResult]:
+    """Train the ``course-t5-sum`` summariser from scratch: ``(model, tokenizer, result)``. Chapter 08.
+
+    A course ``T5`` (``new_summarizer``) with course-gpt's tokenizer, trained with
+    ``summarization_tune`` on ``summary_pairs("train")``, its summary loss measured on
+    ``summary_pairs("test")`` at the end. ``init_embeddings``: start the shared embedding from
+    course-gpt's token embeddings (d_model must be 160). The defaults are the recipe measured in this
+    module's docstring: a 2.6 M-parameter T5 (3 + 3 layers, d_model 160, 4 heads, d_ff 512), 300 steps
+    of 32 pairs at lr 3e-3 (10% warmup, cosine to 3e-4), sources cut to 64 tokens; 327 s of CPU time on
+    one thread (886 s wall on a machine shared with other jobs, load average about 8), held-out loss
+    4.84. The model is returned in eval mode, on the CPU.
+    """
+    from llm_course.zoo.loading import load_pretrained
+
+    gpt, tokenizer = load_pretrained(base)
+    model = new_summarizer(tokenizer, d_model=d_model, num_layers=num_layers, num_heads=num_heads, d_ff=d_ff,
+                           dropout_rate=dropout_rate, embeddings_from=gpt if init_embeddings else None, seed=seed)
+    result = summarization_tune(model, tokenizer, summary_pairs("train"), steps, batch_size, lr,
+                                eval_pairs=summary_pairs("test"), max_source_tokens=max_source_tokens, seed=seed,
+                                progress=progress, **train_config)
+    return model.cpu().eval(), tokenizer, result
+
+
+# --------------------------------------------------------------------------------------------
+# 8. The shipped summarizer: course-t5-sum (made by ``llm-course zoo train course-t5-sum``)
+# --------------------------------------------------------------------------------------------
+
+_TUNE_OPTIONS = {"d_model": 160, "num_layers": 3, "num_heads": 4, "d_ff": 512, "dropout_rate": 0.1,
+                 "init_embeddings": True, "max_source_tokens": 64}
+
+
+def _options(recipe: Any) -> dict[str, Any]:
+    unknown = sorted(set(recipe.options) - set(_TUNE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown summarization recipe options {unknown}; the task takes {sorted(_TUNE_OPTIONS)}")
+    return {**_TUNE_OPTIONS, **recipe.options}
+
+
+@torch.no_grad()
+def held_out_loss(model: nn.Module, tokenizer: Any, recipe: Any) -> float:
+    """Mean loss per summary token (end-of-text included) on held-out pairs. Chapter 08 (applications).
+
+    The first ``recipe.eval_examples`` of ``summary_pairs("test")``: what course-t5-sum's metrics.json
+    records and ``llm-course zoo eval`` re-scores.
+    """
+    options = _options(recipe)
+    encoded = [encode_pair(tokenizer, p, options["max_source_tokens"])
+               for p in summary_pairs("test")[: recipe.eval_examples]]
+    collate = Seq2SeqCollator(eos_token_id(tokenizer))
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(encoded), 32):
+        batch = collate(encoded[i : i + 32])
+        n = int((batch["labels"] != IGNORE_INDEX).sum())
+        total += float(model(**batch).loss) * n
+        count += n
+    return total / count
+
+
+def tune(recipe: Any, progress: bool = True, callbacks: Sequence[Any] | None = None) -> tuple[nn.Module, Any, dict]:
+    """Make the model of a summarization ``zoo.TunedRecipe`` (course-t5-sum). Chapter 08 (applications).
+
+    ``train_summarizer`` with the recipe's steps, batch size, learning rate, seed and options; the base's
+    tokenizer (and token embeddings). Returns ``(model, tokenizer, info)`` for ``zoo.train_checkpoint``.
+    """
+    options = _options(recipe)
+    t0 = time.perf_counter()
+    model, tokenizer, result = train_summarizer(recipe.steps, recipe.batch_size, recipe.lr, seed=recipe.seed,
+                                                progress=progress, base=recipe.base, callbacks=callbacks,
+                                                **options)
+    data = {"train": "summary_pairs('train'): a docs entry's title + body without its first sentence -> that "
+                     "sentence", "train_pairs": len(summary_pairs("train")), "test_pairs": len(summary_pairs("test")),
+            "held_out": f"the first {recipe.eval_examples} of summary_pairs('test') (1 entry in "
+                        f"{SUMMARY_TEST_SHARE}, by hash)"}
+    return model, tokenizer, {"result": result, "train_seconds": time.perf_counter() - t0, "data": data,
+                              "metrics": {"train_loss_last_50": sum(result.losses[-50:]) / len(result.losses[-50:])}}
+
+
+def measure(model: nn.Module, tokenizer: Any, recipe: Any) -> dict[str, Any]:
+    """metrics.json of a summarizer: held-out loss, ROUGE on the whole test split vs the lead baseline."""
+    options = _options(recipe)
+    test = summary_pairs("test")
+    references = [p.target for p in test]
+    predictions = summarize(model, tokenizer, [p.source for p in test], max_source_tokens=options["max_source_tokens"])
+    scale = lambda scores: {k: round(100 * v, 2) for k, v in scores.items()}  # noqa: E731
+    return {"held_out": {"loss": held_out_loss(model, tokenizer, recipe),
+                         "what": "mean loss per summary token on held-out pairs (held_out_loss)"},
+            "rouge_test": {"pairs": len(test), "what": "mean F1 x 100, rouge-score's default tokenizer",
+                           "model": scale(rouge_scores(predictions, references)),
+                           "lead_baseline": scale(rouge_scores([lead_baseline(p.source) for p in test], references))},
+            "samples": [{"source": p.source, "target": p.target, "summary": s}
+                        for p, s in zip(test[:3], predictions[:3])]}

@@ -1,0 +1,61 @@
+"""The training loop, written out: from a model and a stream of batches to a trained model. Chapter 04.
+
+Split from the former ``llm_course.training``; see the package docstring."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+__all__ = ['PRECISIONS', 'check_precision', 'resolve_precision', 'autocast_context']
+
+
+# --------------------------------------------------------------------------------------------
+# Precision (chapter 09 explains it; the loop below uses it so a GPU trains in bf16/fp16)
+# --------------------------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: Any, device: torch.device) -> None:
+    """A clear error for a precision the device cannot train in. Chapter 09 (best practices)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"fp16 mixed precision needs a CUDA GPU (with torch.amp.GradScaler('cuda')); the device is "
+            f"{device.type!r}. On the CPU use precision='bf16', which needs no loss scaling"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bf16 support (it needs compute capability >= 8.0); use precision='fp16'")
+    if precision != "fp32" and device.type not in ("cpu", "cuda"):
+        raise ValueError(f"mixed precision is supported on the 'cpu' and 'cuda' devices, got {device.type!r}; "
+                         "use precision='fp32'")
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """``"auto"`` -> bf16 on a GPU that has it (A100, H100, L4), fp16 on an older one (Colab's T4, V100),
+    fp32 on a CPU or Apple GPU; any other value is checked and returned. Chapter 09 (best practices)."""
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    check_precision(precision, device)
+    return precision
+
+
+def autocast_context(precision: str, device: str | torch.device = "cpu") -> contextlib.AbstractContextManager:
+    """The ``with`` block for a forward pass in ``precision``. Chapter 09 (best practices).
+
+    fp32: nothing (a null context). bf16 / fp16: ``torch.autocast(device_type, dtype)``, the current
+    spelling of the manual's deprecated ``torch.cuda.amp.autocast()``.
+    """
+    device = torch.device(device)
+    check_precision(precision, device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AMP_DTYPES[precision])

@@ -14,11 +14,12 @@ PYTEST_ARGS ?=
 # Jupyter refuses to run as root (as in many containers) unless told to.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: help venv install lab test test-fast bench readme strip clean
+.PHONY: help venv install lab test test-fast lint bench readme strip clean
 
 help:
 	@echo "make lab    install everything into $(VENV) and open the course in JupyterLab"
 	@echo "make test   install everything into $(VENV) and run every test, notebooks included"
+	@echo "make lint   check the code with ruff (its settings: pyproject.toml [tool.ruff])"
 	@echo "make bench  run the benchmarks (ratios measured side by side)"
 	@echo "make readme regenerate the README's measured tables from benchmarks/results/"
 	@echo "make strip  remove outputs from every notebook (they are committed without outputs)"
@@ -42,6 +43,9 @@ lab: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check
 
 # Library tests only (no notebook execution): quick feedback while editing.
 test-fast: $(VENV)/.installed

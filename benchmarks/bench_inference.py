@@ -5,7 +5,7 @@ every runtime (torch's default, recorded in the notes):
 
 1. **Latency, int8 vs float32**, on a GPT with random weights big enough for matrix products to
    dominate (n_embd 512, 8 layers, vocab 4096: 27 M parameters): the forward pass of a batch (4 x 128
-   tokens) and greedy generation per token (``llm_course.train.pretraining.generate``, KV cache, batch 1).
+   tokens) and greedy generation per token (``llm_course.infer.generation.generate``, KV cache, batch 1).
    The rounds alternate between the variants, so machine noise hits all alike; a speed-up is the
    median of the per-round ratios. Variants: the written-out ``Int8Linear`` (dequantizes in
    forward: memory, not speed), torch.ao's ``quantize_dynamic`` (FBGEMM int8 kernels), torchao
@@ -38,6 +38,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from llm_course.benchtools import record
+from llm_course.infer.generation import generate
 from llm_course.models.gpt import GPT, GPTConfig
 from llm_course.nn.quantization import (
     Int8Linear,
@@ -48,7 +49,6 @@ from llm_course.nn.quantization import (
     quantize_nf4,
     torchao_available,
 )
-from llm_course.train.pretraining import generate
 
 BIG = dict(vocab_size=4096, n_positions=256, n_embd=512, n_layer=8, n_head=8)
 TINY = dict(vocab_size=256, n_positions=64, n_embd=64, n_layer=2, n_head=4)
@@ -131,7 +131,7 @@ def bench_latency(model: GPT, onnx_dir: Path, batch: tuple[int, int], gen_tokens
 
     # greedy generation, per new token: eager with its KV cache vs the int8 paths vs ONNX Runtime (no cache)
     prompt = ids[:1, :16]
-    gen = {name: (lambda m=m: generate(m, prompt, gen_tokens, temperature=0)) for name, m in variants.items()
+    gen = {name: (lambda m=m: generate(m, prompt, max_new_tokens=gen_tokens)) for name, m in variants.items()
            if name != "int8 written-out (Int8Linear)"}
     gen["onnxruntime fp32 (no KV cache)"] = lambda: ort.generate(prompt, gen_tokens)
     res = side_by_side(gen, max(1, rounds // 2), baseline="fp32")

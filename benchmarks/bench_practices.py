@@ -3,7 +3,7 @@
 1. Gradient checkpointing, on the course's ``GPT`` and on ``transformers.GPT2LMHeadModel`` with the same
    weights (``GPT.to_hf``), at course-gpt's shape (5 layers x 160, V = 4096, block 384, batch 8) and a
    12-layer model of the same width. Memory: bytes autograd keeps for the backward
-   (``finetuning.saved_activation_bytes``, deterministic). Time: forward + backward, both variants timed
+   (``finetuning_costs.saved_activation_bytes``, deterministic). Time: forward + backward, both variants timed
    back to back in each round, the ratio is the median of the per-round ratios
    (``practices.checkpointing_report``). Targets (issue, chapter 09): memory <= 0.5x, time <= 1.4x.
 2. Mixed precision on the CPU: the same small GPT trained 50 AdamW steps from the same weights on the

@@ -20,11 +20,8 @@ import torch
 
 from llm_course.benchtools import record
 from llm_course.text.corpora import TextCorpus, docs_corpus
-from llm_course.train.pretraining import (
-    prepare_docs_tokens,
-    pretrain_gpt,
-    quick_gpt_recipe,
-)
+from llm_course.train.pretraining import prepare_docs_tokens, pretrain_gpt
+from llm_course.train.recipe import quick_gpt_recipe
 
 NANOGPT_BPC = 2.57  # bits per character of nanoGPT's CPU recipe on this corpus (1.78 nats)
 NANOGPT_SECONDS = 190.0  # its wall-clock time on 2 cores
@@ -44,7 +41,7 @@ def run(quick: bool = False) -> list[dict]:
     if quick:  # a few-second smoke run: a slice of the corpus, a tiny model, a few steps
         corpus = TextCorpus(train=corpus.train[:60_000], val=corpus.val[:6_000], source=corpus.source)
         recipe = quick_gpt_recipe(vocab_size=512, n_layer=1, n_embd=32, n_head=2, batch_size=4, max_steps=20,
-                                  eval_every=10, eval_batches=1, time_budget_s=10)
+                                  warmup_steps=1, eval_interval=10, eval_steps=1, time_budget_s=10)
     else:
         recipe = quick_gpt_recipe()
     load_before = _load()

@@ -1,24 +1,23 @@
 """llm_course: the code behind the LLM course's notebooks.
 
-Modules mirror the chapters (each function's docstring names the chapter that introduced it):
+The package is a stack of layers, one subpackage each, lowest first; a module imports only from its
+own layer and the layers below it (``tests/test_layers.py`` checks every import):
 
-* 01 — :mod:`llm_course.text.tokenizer` (byte-level BPE), :mod:`llm_course.data` (offline corpora),
-  :mod:`llm_course.models.intro` (bigram LM, parameter counts, zero-/few-shot), :mod:`llm_course.core.runtime`
-* 02 — :mod:`llm_course.models.gpt`, :mod:`llm_course.models.bert`, :mod:`llm_course.models.t5` (shared: :mod:`llm_course.models.modeling`)
-* 03 — :mod:`llm_course.nn.attention`, :mod:`llm_course.widgets`
-* 04 — :mod:`llm_course.nn.objectives` (causal LM and MLM data), :mod:`llm_course.training` (the loop),
-  :mod:`llm_course.train.pretraining` (the notebook's recipe), :mod:`llm_course.zoo` (shipped checkpoints)
-* 05 — :mod:`llm_course.train.finetuning` (Trainer, the cost harness), :mod:`llm_course.train.instruct` (instruction tuning)
-* 06 — :mod:`llm_course.train.lora` (LoRA, QLoRA), :mod:`llm_course.train.adapters`
-* 07 — :mod:`llm_course.infer.generation` (decoding), :mod:`llm_course.infer.static_cache` (the lean decode loop),
-  :mod:`llm_course.widgets.sampling_explorer`, :mod:`llm_course.nn.quantization` (int8, NF4), :mod:`llm_course.infer.onnx_export`
-* 08 — :mod:`llm_course.apps.chat` (the chat bot), :mod:`llm_course.apps.classification` (likelihood scoring, LoRA on MiniLM),
-  :mod:`llm_course.apps.summarization` (ROUGE, a T5 summarizer, TL;DR)
-* 09 — :mod:`llm_course.train.practices` (checkpointing, mixed precision), :mod:`llm_course.infer.long_context`,
-  :mod:`llm_course.train.monitoring`, :mod:`llm_course.train.distributed` (DDP), :mod:`llm_course.train.hpsearch` (Ray Tune)
+* :mod:`llm_course.core` — checks, device and seeds, optional dependencies, paths
+* :mod:`llm_course.text` — the byte-level BPE tokenizer, offline corpora, synthetic tasks
+* :mod:`llm_course.nn` — attention, training objectives, held-out loss, quantization
+* :mod:`llm_course.models` — GPT, BERT, T5, the manual's chapter-02 models, save/load
+* :mod:`llm_course.viz` — figures without ipywidgets: token labels, attention data, distributions
+* :mod:`llm_course.infer` — generation, the static KV cache, ONNX, long inputs
+* :mod:`llm_course.train` — the loop, precision, checkpoints, pretraining, fine-tuning, PEFT, DDP, search
+* :mod:`llm_course.zoo` — the shipped checkpoints: recipes, loading, making them
+* :mod:`llm_course.apps` — the chat bot, classification, summarization
+* :mod:`llm_course.widgets` — the ipywidgets explorers (attention, sampling)
+* top level — :mod:`llm_course.cli`, :mod:`llm_course.report`, :mod:`llm_course.benchtools`,
+  :mod:`llm_course.chapters` (which modules each chapter teaches: ``llm_course.chapters.CHAPTERS``)
 
 Import what you need from its module (``from llm_course.text.tokenizer import ByteLevelBPETokenizer``);
-this package imports nothing heavy on its own.
+this package and its subpackages import nothing heavy on their own.
 """
 
 import logging

@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from llm_course.core.checks import check_int, check_positive_int
+
 __all__ = ["timeit", "record", "machine_info", "results_dir", "format_table", "run_file"]
 
 
 def timeit(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeat`` runs after ``warmup`` runs."""
-    if repeat < 1:
-        raise ValueError(f"repeat must be >= 1, got {repeat}")
-    for _ in range(max(0, warmup)):
+    check_positive_int("repeat", repeat)
+    for _ in range(check_int("warmup", warmup, minimum=0)):
         fn()
     times = []
     for _ in range(repeat):

@@ -27,8 +27,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llm_course.chapters import CHAPTERS, find_chapter, notebooks_dir
 
@@ -152,6 +153,26 @@ def _bench(names: Sequence[str], quick: bool) -> int:
     return 1 if failed else 0
 
 
+def _zoo_task(name: str) -> Any:
+    """The ``ZooTask`` that makes zoo checkpoint ``name`` (None for a pretrained one, or a folder).
+
+    The zoo sits below the applications and never imports them; the command line, on top, plugs them in.
+    """
+    from llm_course.apps.chat_tuning import CHAT_TASK
+    from llm_course.apps.summarization_tuning import SUMMARIZATION_TASK
+    from llm_course.zoo.loading import read_recipe
+    from llm_course.zoo.recipes import ZOO, TunedRecipe
+
+    tasks = {task.name: task for task in (CHAT_TASK, SUMMARIZATION_TASK)}
+    if name in ZOO:
+        recipe = ZOO[name]
+        return tasks[recipe.task] if isinstance(recipe, TunedRecipe) else None
+    if not (Path(name) / "recipe.json").is_file():
+        return None  # not a zoo checkpoint: the zoo's own error says so
+    task = read_recipe(name)["recipe"].get("task")  # a checkpoint folder: its recipe.json says
+    return tasks.get(task)
+
+
 def _zoo(args: argparse.Namespace) -> None:
     """``llm-course zoo list|train|eval``. Chapter 04 (the model zoo)."""
     from llm_course.zoo import build, loading
@@ -170,13 +191,13 @@ def _zoo(args: argparse.Namespace) -> None:
             print(f"{row['name']:<16} {row['kind']:<10} {state}")
             print(f"{'':<16} {row['description']}")
     elif args.zoo_cmd == "train":
-        out = build.train_checkpoint(args.name, args.out, overwrite=args.overwrite)
+        out = build.train_checkpoint(args.name, args.out, task=_zoo_task(args.name), overwrite=args.overwrite)
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
         score = metrics.get("validation") or metrics.get("held_out", {})
         print(f"wrote {out}: {'validation' if 'validation' in metrics else 'held-out'} "
               f"{json.dumps({k: v for k, v in score.items() if k != 'what'})}")
     elif args.zoo_cmd == "eval":
-        r = build.evaluate_checkpoint(args.name)
+        r = build.evaluate_checkpoint(args.name, task=_zoo_task(args.name))
         what = "val-slice" if "validation" in r else "held-out"
         print(f"{r['name']} ({r['kind']}): recorded {what} loss {r['recorded']:.6f}, measured {r['measured']:.6f} "
               f"(|diff| {r['abs_diff']:.2e})")

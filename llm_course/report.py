@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llm_course.benchtools import format_table, machine_info, results_dir
-from llm_course.chapters import CHAPTERS, notebooks_dir
+from llm_course.chapters import CHAPTERS, LAYERS, chapters_of, notebooks_dir
 
 __all__ = ["NOTEBOOK_STATS", "REPORT", "load_notebook_stats", "save_notebook_stats", "update_readme",
-           "notebook_table", "benchmark_sections", "benchmark_files", "run_benchmarks", "load_report"]
+           "notebook_table", "module_table", "package_modules", "benchmark_sections", "benchmark_files",
+           "run_benchmarks", "load_report"]
 
 NOTEBOOK_STATS = "notebooks.json"
 REPORT = "report.json"
@@ -251,6 +252,37 @@ def run_benchmarks(names: Sequence[str] = (), quick: bool = False, bench_dir: Pa
     return report
 
 
+def package_modules() -> dict[str, str]:
+    """Every module of the package (dotted, without ``llm_course.``), with its docstring's first line.
+
+    Read with ``ast``, so nothing is imported (the optional dependencies need not be installed).
+    """
+    import ast
+
+    root = Path(__file__).resolve().parent
+    found = {}
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        found[name] = doc.strip().split("\n")[0].rstrip(".")
+    return found
+
+
+def module_table() -> str:
+    """The README's module table: each layer's modules, what each holds, and the chapters that teach it."""
+    modules = package_modules()
+    rows = ["| Layer | Module | What it holds | Chapter |", "|---|---|---|---|"]
+    for layer in reversed(LAYERS):  # the top first, as in the diagram
+        names = [m for m in modules if (m.split(".")[0] if "." in m else "") == layer.name]
+        for i, name in enumerate(sorted(names)):
+            chapters = ", ".join(ch.number for ch in chapters_of(name)) or "all"
+            label = f"`{layer.name or '(top)'}`" if i == 0 else ""
+            rows.append(f"| {label} | `llm_course.{name}` | {modules[name]} | {chapters} |")
+    return "\n".join(rows) + "\n"
+
+
 def _replace_block(text: str, name: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
     if not pattern.search(text):
@@ -266,6 +298,7 @@ def update_readme(readme: Path | None = None) -> bool:
     old = readme.read_text(encoding="utf-8")
     new = _replace_block(old, "notebooks", notebook_table())
     new = _replace_block(new, "benchmarks", benchmark_sections())
+    new = _replace_block(new, "modules", module_table())
     if new != old:
         readme.write_text(new, encoding="utf-8")
         return True

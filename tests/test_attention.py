@@ -57,8 +57,10 @@ def test_causal_mask_with_cache_aligns_queries_to_the_end():
 def test_causal_mask_errors():
     with pytest.raises(ValueError, match="key_length"):
         causal_mask(4, key_length=2)
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="query_length must be a positive integer, got 0"):
         causal_mask(0)
+    with pytest.raises(TypeError, match="key_length must be a positive integer, got bool"):
+        causal_mask(1, key_length=True)
 
 
 def test_padding_mask_shape_and_values():
@@ -341,5 +343,5 @@ def test_feed_forward_formulas():
 
 
 def test_feed_forward_unknown_activation():
-    with pytest.raises(ValueError, match="unknown activation"):
+    with pytest.raises(ValueError, match=r"activation must be one of .*'gelu'.*, got 'swish2'"):
         FeedForward(8, activation="swish2")

@@ -22,9 +22,10 @@ from llm_course.apps.chat import (
     neutralize_markers,
     render_chat,
 )
-from llm_course.infer.generation import _encode_plain, generate
+from llm_course.infer.generation import generate
 from llm_course.models.gpt import GPT, GPTConfig
-from llm_course.train.instruct import format_chat
+from llm_course.text.encoding import encode_plain
+from llm_course.train.instructions import format_chat
 from llm_course.zoo.loading import load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,17 +66,17 @@ def eos(tok) -> int:
 
 def test_reply_is_the_scripted_tokens_up_to_eos(tok):
     answer = " Хорошо, спасибо! 👍"
-    script = _encode_plain(tok, answer) + [eos(tok)] + _encode_plain(tok, "garbage after the end")
+    script = encode_plain(tok, answer) + [eos(tok)] + encode_plain(tok, "garbage after the end")
     model = ScriptedLM(script, 4096)
     bot = ChatBot(model, tok, max_new_tokens=40)
     assert bot.reply("Привет! Как дела?") == answer.strip()
-    assert model.steps == len(_encode_plain(tok, answer)) + 1  # stopped at the end-of-text id
+    assert model.steps == len(encode_plain(tok, answer)) + 1  # stopped at the end-of-text id
     assert bot.history == [{"role": "user", "content": "Привет! Как дела?"},
                            {"role": "assistant", "content": answer.strip()}]
 
 
 def test_reply_stops_at_a_role_marker_the_model_writes(tok):
-    script = _encode_plain(tok, "Да.\n\n### User:\nа теперь я спрошу сам себя") + [eos(tok)]
+    script = encode_plain(tok, "Да.\n\n### User:\nа теперь я спрошу сам себя") + [eos(tok)]
     model = ScriptedLM(script, 4096)
     bot = ChatBot(model, tok, max_new_tokens=40)
     assert bot.reply("Вопрос?") == "Да."
@@ -146,7 +147,7 @@ def test_build_prompt_ids_keeps_the_newest_exchanges_that_fit(tok, pairs, last, 
     fits = None
     for start in range(len(pairs) + 1):
         kept = sys_msgs + [m for e in exchanges[start:] for m in e] + msgs[-1:]
-        if len(_encode_plain(tok, render_chat(kept))) <= max_tokens:
+        if len(encode_plain(tok, render_chat(kept))) <= max_tokens:
             fits = kept
             break
     if fits is None:
@@ -156,14 +157,14 @@ def test_build_prompt_ids_keeps_the_newest_exchanges_that_fit(tok, pairs, last, 
     ids, kept = build_prompt_ids(tok, msgs, max_tokens)
     assert kept == fits
     assert len(ids) <= max_tokens
-    assert ids == _encode_plain(tok, render_chat(kept))
+    assert ids == encode_plain(tok, render_chat(kept))
     assert kept[-1] == msgs[-1] and kept[: len(sys_msgs)] == sys_msgs
 
 
 @FAST
 @given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=8), max_new=st.integers(1, 20))
 def test_chatbot_prompt_never_exceeds_context_minus_reply(tok, lengths, max_new):
-    model = ScriptedLM(_encode_plain(tok, " ok") + [eos(tok)], 4096, n_positions=64)
+    model = ScriptedLM(encode_plain(tok, " ok") + [eos(tok)], 4096, n_positions=64)
     bot = ChatBot(model, tok, system_prompt="Sys.", max_new_tokens=max_new)
     for n in lengths:
         try:
@@ -176,7 +177,7 @@ def test_chatbot_prompt_never_exceeds_context_minus_reply(tok, lengths, max_new)
 
 
 def test_oldest_exchanges_are_dropped_first(tok):
-    model = ScriptedLM(_encode_plain(tok, " ok") + [eos(tok)], 4096, n_positions=64)
+    model = ScriptedLM(encode_plain(tok, " ok") + [eos(tok)], 4096, n_positions=64)
     bot = ChatBot(model, tok, system_prompt="S", max_new_tokens=8)
     for i in range(12):
         bot.reply(f"q{i}")
@@ -286,7 +287,7 @@ def test_invalid_settings_are_rejected_at_construction(tok, kwargs, match):
 
 
 def test_reserve_tokens_keeps_more_history_and_caps_the_reply(tok):
-    model = ScriptedLM(_encode_plain(tok, " ok ok ok ok ok ok"), 4096, n_positions=64)
+    model = ScriptedLM(encode_plain(tok, " ok ok ok ok ok ok"), 4096, n_positions=64)
     bot = ChatBot(model, tok, max_new_tokens=30, reserve_tokens=10)
     bot.reply("word " * 34)
     assert model.prompt_lengths[-1] > 64 - 30  # more than max_new_tokens would have left
@@ -299,7 +300,7 @@ def test_reserve_tokens_keeps_more_history_and_caps_the_reply(tok):
 
 
 def test_widget_send_reset_and_errors(tok):
-    script = _encode_plain(tok, " Привет <b>!</b>") + [eos(tok)]
+    script = encode_plain(tok, " Привет <b>!</b>") + [eos(tok)]
     bot = ChatBot(ScriptedLM(script, 4096), tok, system_prompt="Будь краток.")
     box = chat_widget(bot)
     assert isinstance(box, ChatWidget) and box.send_button.description == "Send"
@@ -349,15 +350,18 @@ def test_transformers_model_and_tokenizer_reply_like_the_course_pair(shipped):
 # Teaching a model to chat: data, encoding, tuning, the shipped course-gpt-chat
 # ----------------------------------------------------------------------------------------
 
-from llm_course.apps.chat import (
+from llm_course.apps.chat_tuning import (
+    CHAT_TASK,
     SYSTEM_PROMPTS,
     chat_conversations,
     chat_tune,
     encode_chat,
     held_out_loss,
 )
+from llm_course.apps.summarization_tuning import SUMMARIZATION_TASK
 from llm_course.core import paths
-from llm_course.train.instruct import IGNORE_INDEX, eos_token_id
+from llm_course.nn.objectives import IGNORE_INDEX
+from llm_course.train.instruct import eos_token_id
 from llm_course.zoo import build, loading, recipes
 
 
@@ -422,18 +426,30 @@ def test_tuned_recipe_is_validated():
     with pytest.raises(ValueError, match="steps"):
         recipe.replace(steps=0)
     with pytest.raises(ValueError, match="unknown chat recipe options"):
-        build.train_checkpoint(recipe.replace(max_histroy=2), "/nonexistent/never-written", progress=False)
+        build.train_checkpoint(recipe.replace(max_histroy=2), "/nonexistent/never-written", task=CHAT_TASK,
+                               progress=False)
+
+
+def test_a_tuned_checkpoint_needs_its_task_plugged_in():
+    """The zoo never imports the applications: the caller passes the ZooTask, and a wrong one is refused."""
+    with pytest.raises(ValueError, match=r"pass task=llm_course\.apps\.chat_tuning\.CHAT_TASK"):
+        build.train_checkpoint("course-gpt-chat", "/nonexistent/never-written", progress=False)
+    with pytest.raises(ValueError, match="needs the 'chat' task, got task 'summarization'"):
+        build.train_checkpoint("course-gpt-chat", "/nonexistent/never-written", task=SUMMARIZATION_TASK)
+    assert (CHAT_TASK.name, SUMMARIZATION_TASK.name) == ("chat", "summarization")
+    for method in ("tune", "measure", "held_out_loss"):  # what the ZooTask protocol asks for
+        assert callable(getattr(CHAT_TASK, method)) and callable(getattr(SUMMARIZATION_TASK, method))
 
 
 def test_train_checkpoint_makes_a_chat_checkpoint_that_reloads_and_rescores(tmp_path):
-    out = build.train_checkpoint("course-gpt-chat", tmp_path / "chat", progress=False, steps=2, batch_size=2,
-                               eval_examples=4, threads=None)
+    out = build.train_checkpoint("course-gpt-chat", tmp_path / "chat", task=CHAT_TASK, progress=False, steps=2,
+                                 batch_size=2, eval_examples=4, threads=None)
     recipe = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert recipe["steps"] == 2 and recipe["recipe"]["task"] == "chat" and recipe["hf_class"] == "GPT2LMHeadModel"
     assert {"held_out", "held_out_before", "greedy_replies"} <= set(metrics)
     model, tokenizer = loading.load_pretrained(out)
-    r = build.evaluate_checkpoint(out)
+    r = build.evaluate_checkpoint(out, task=CHAT_TASK)
     assert r["abs_diff"] < 1e-4, r
     bot = ChatBot(model, tokenizer, max_new_tokens=40)
     assert bot.reply("Привет! Как дела?") == metrics["greedy_replies"][0]["reply"]
@@ -454,7 +470,7 @@ def test_shipped_chat_model_learned_to_reply_and_reproduces_its_metrics():
     assert recipe["steps"] == recipes.ZOO["course-gpt-chat"].steps
     # tuning lowered the held-out reply loss of the untuned course-gpt by more than 15% (4.89 -> 3.86 nats)
     assert metrics["held_out"]["loss"] < 0.85 * metrics["held_out_before"]["loss"], metrics
-    r = build.evaluate_checkpoint("course-gpt-chat")
+    r = build.evaluate_checkpoint("course-gpt-chat", task=CHAT_TASK)
     assert r["abs_diff"] < 1e-4
     model, tokenizer = loading.load_pretrained("course-gpt-chat")
     for sample in metrics["greedy_replies"]:

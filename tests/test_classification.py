@@ -278,3 +278,34 @@ def test_encoder_classifier_bad_inputs(tmp_path):
         train_encoder_classifier([" "], ["sports"], ["sports"])
     with pytest.raises(FileNotFoundError, match="path=None"):  # an empty local folder: no network involved
         train_encoder_classifier(["a text"], ["sports"], ["sports"], path=str(tmp_path))
+
+
+def test_typed_special_tokens_stay_text():
+    """A text that contains "<|endoftext|>" is classified as text: the control token never reaches the model."""
+    from llm_course.text.tokenizer import ByteLevelBPETokenizer
+    from llm_course.zoo.loading import checkpoint_dir
+
+    tok = ByteLevelBPETokenizer.from_pretrained(checkpoint_dir("course-gpt"))
+    eot = tok.special_tokens["<|endoftext|>"]
+
+    class Recorder(nn.Module):
+        """Uniform next-token scores; keeps every input it is given."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(1))
+            self.config = SimpleNamespace(n_positions=1024)
+            self.seen: list[list[int]] = []
+
+        def forward(self, input_ids, **kwargs):
+            self.seen.append(input_ids[0].tolist())
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, len(tok)), past_key_values=None)
+
+    model = Recorder()
+    text = "the match ended <|endoftext|> 2:1"
+    scores = label_scores(model, tok, text, ["sports", "politics"])
+    assert scores[0] == pytest.approx(-len(tok.encode(" sports")) * math.log(len(tok)), abs=1e-4)
+    classify_by_generation(model, tok, [text], ["sports"], max_new_tokens=1)
+    assert model.seen and all(eot not in ids for ids in model.seen)
+    prompt = tok.decode(model.seen[-1])
+    assert "<|endoftext|> 2:1" in prompt  # the typed string is there, as seven ordinary tokens

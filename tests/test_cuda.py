@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
 DEVICE = "cuda"
 
@@ -85,7 +86,7 @@ def test_get_device_and_describe_device(monkeypatch):
     describe_device = api("describe_device", "llm_course.utils", "llm_course.core.runtime")
     monkeypatch.delenv("LLM_COURSE_DEVICE", raising=False)
     assert get_device("cuda") == torch.device("cuda")
-    assert get_device("auto").type == "cuda"  # auto prefers CUDA
+    assert get_device("auto").type == DEVICE  # auto prefers CUDA
     assert get_device(torch.device("cuda:0")) == torch.device("cuda:0")
     text = describe_device(torch.device(DEVICE))
     props = torch.cuda.get_device_properties(0)
@@ -128,10 +129,12 @@ def test_train_in_mixed_precision_on_cuda_tracks_fp32(precision, fp32_run):
     # decreasing: the last 5 steps' mean is well below the first 5 (fp32 goes from ~4.2 to ~1 here)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
     # close to fp32 step by step: bf16 keeps 8 significant bits, fp16 11; the weights and AdamW stay fp32.
-    # Measured on the CPU in bf16: max |diff| ~0.03 over these 30 steps; 0.15 leaves room for GPU kernels.
+    # Measured on the CPU in bf16: max |diff| 5e-4 over these 30 steps. One update skipped by fp16's
+    # GradScaler would shift the curve by a step: fp32's own curve against itself shifted differs by 0.19.
     diffs = [abs(a - b) for a, b in zip(losses, fp32_run)]
-    assert max(diffs) < 0.15, (precision, max(diffs))
-    assert abs(losses[-1] - fp32_run[-1]) < 0.1
+    tolerance = 0.1 if result.skipped_steps == 0 else 0.3
+    assert max(diffs) < tolerance, (precision, max(diffs), result.skipped_steps)
+    assert abs(losses[-1] - fp32_run[-1]) < 0.05
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     if precision == "fp16":
         # the GradScaler skips an update only when the scaled gradients overflow; it records each one
@@ -146,7 +149,7 @@ def test_checkpoint_written_on_cuda_loads_on_cpu_and_resumes_on_cuda(tmp_path):
     configure_optimizer = training("configure_optimizer")
     # a run checkpointed every 5 steps, and an uninterrupted one of 10 steps
     model, first = train_run("fp32", steps=10, checkpoint_dir=tmp_path / "full", checkpoint_interval=5)
-    assert next(model.parameters()).device.type == "cuda" and first.checkpoint.is_file()
+    assert next(model.parameters()).device.type == DEVICE and first.checkpoint.is_file()
 
     # the file written on the GPU loads into a CPU model, bit for bit
     cpu_model = tiny_gpt(seed=123)  # other weights, to be overwritten
@@ -166,14 +169,17 @@ def test_checkpoint_written_on_cuda_loads_on_cpu_and_resumes_on_cuda(tmp_path):
     load_checkpoint(path, gpu_model, gpu_opt, restore_rng=False)
     assert all(torch.equal(a.cpu(), b) for a, b in zip(gpu_model.state_dict().values(),
                                                        cpu_model.state_dict().values()))
-    assert next(iter(gpu_opt.state.values()))["exp_avg"].device.type == "cuda"
+    assert next(iter(gpu_opt.state.values()))["exp_avg"].device.type == DEVICE
 
     # stopped after 5 steps and resumed on the GPU: the same losses as the run that never stopped
     TrainConfig, train = training("TrainConfig"), training("train")
     batches = pattern_batches(10)
     cfg = dict(lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_interval=10, log_interval=0, progress=False,
                live_plot=False, device=DEVICE, checkpoint_dir=tmp_path / "half")
-    stop_at_5 = lambda record, result: record["step"] == 5  # a callback that stops the run (and saves it)
+
+    def stop_at_5(record, result):  # a callback that stops the run (train saves a checkpoint first)
+        return record["step"] == 5
+
     half = train(tiny_gpt(), lambda i: batches[i], TrainConfig(max_steps=10, **cfg), callbacks=[stop_at_5])
     assert half.step == 5 and half.stopped_early
     # the same config (the learning rate is a function of the step and max_steps), other initial weights
@@ -193,8 +199,10 @@ def _attention_module(dtype=torch.float32):
     return MultiHeadAttention(64, 4).to(DEVICE, dtype).eval()
 
 
-# fused (SDPA) vs written-out: fp32 agrees to float rounding; bf16 to its 8 bits (outputs are O(0.3))
-TOLERANCES = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+# fused (SDPA) vs written-out: fp32 agrees to float rounding; bf16 to its 8 bits (outputs are O(0.5); the
+# written-out path rounds scores and weights to bf16, the fused kernels accumulate in fp32). A wrong mask
+# moves outputs by O(0.1-1).
+TOLERANCES = {torch.float32: 2e-5, torch.bfloat16: 4e-2}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -238,7 +246,7 @@ def test_fused_attention_matches_written_out_attention_on_cuda(dtype):
         ref = _attention_module(torch.float32)
         with torch.no_grad():
             torch.testing.assert_close(mha(x, **kwargs).output.float(), ref(x.float(), **kwargs).output,
-                                       atol=5e-2, rtol=0)
+                                       atol=6e-2, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
@@ -291,7 +299,7 @@ def test_fused_attention_runs_on_the_flash_kernel_in_bf16():
 
 @pytest.fixture(scope="module")
 def course_gpt():
-    load_pretrained = api("load_pretrained", "llm_course.zoo")
+    load_pretrained = api("load_pretrained", "llm_course.zoo", "llm_course.zoo.loading")
     model, tok = load_pretrained("course-gpt")
     return model, tok
 
@@ -326,7 +334,7 @@ def test_greedy_generation_on_cuda_matches_cpu(course_gpt):
     gpu_model = copy.deepcopy(model).to(DEVICE)
     for use_cache in (True, False):  # True: the static-cache loop; False: the whole text every step
         ids = generate(gpu_model, prompt.to(DEVICE), max_new_tokens=24, use_cache=use_cache)
-        assert ids.device.type == "cuda" and ids.shape == (1, prompt.shape[1] + 24)
+        assert ids.device.type == DEVICE and ids.shape == (1, prompt.shape[1] + 24)
         _same_greedy_ids(model, on_cpu, ids, prompt.shape[1])
 
     # a left-padded batch of two prompts on the GPU: each row as on the CPU
@@ -347,7 +355,7 @@ def test_static_cache_steps_match_the_full_forward_on_cuda(course_gpt):
     gpu_model = copy.deepcopy(model).to(DEVICE)
     ids = torch.tensor([tok.encode("A small dog ran to the park and")], device=DEVICE)
     decoder = StaticCacheDecoder(gpu_model, 1, ids.shape[1] + 12)
-    assert decoder.keys.device.type == "cuda"
+    assert decoder.keys.device.type == DEVICE
     logits = decoder.prefill(ids)
     for _ in range(12):
         with torch.no_grad():
@@ -371,11 +379,11 @@ def test_static_cache_steps_match_the_full_forward_on_cuda(course_gpt):
 
 def test_transformers_gpt2_generates_the_course_models_ids_on_cuda(course_gpt):
     """The same checkpoint as transformers' GPT2LMHeadModel (its own KV cache) on the GPU: the same greedy ids."""
-    load_pretrained = api("load_pretrained", "llm_course.zoo")
+    load_pretrained = api("load_pretrained", "llm_course.zoo", "llm_course.zoo.loading")
     generate = api("generate", "llm_course.generation", "llm_course.infer.generation")
     model, tok = course_gpt
     hf, _ = load_pretrained("course-gpt", as_course_model=False, device=DEVICE)
-    assert type(hf).__name__ == "GPT2LMHeadModel" and next(hf.parameters()).device.type == "cuda"
+    assert type(hf).__name__ == "GPT2LMHeadModel" and next(hf.parameters()).device.type == DEVICE
     prompt = torch.tensor([tok.encode("Once upon a time")])
     on_cpu = generate(model, prompt, max_new_tokens=20)
     on_gpu = generate(hf, prompt.to(DEVICE), max_new_tokens=20)
@@ -386,7 +394,7 @@ def test_transformers_gpt2_generates_the_course_models_ids_on_cuda(course_gpt):
 
 
 def _quant(name: str):
-    return api(name, "llm_course.quantization", "llm_course.nn.quantization")
+    return api(name, "llm_course.quantization", "llm_course.nn.quantization", "llm_course.nn.quant_formats")
 
 
 def test_nf4_on_cuda_matches_the_cpu():
@@ -396,7 +404,7 @@ def test_nf4_on_cuda_matches_the_cpu():
     for double_quant in (False, True):
         cpu = nf4_quantize(w, 64, double_quant=double_quant)
         gpu = nf4_quantize(w.to(DEVICE), 64, double_quant=double_quant)
-        assert gpu.packed.device.type == "cuda"
+        assert gpu.packed.device.type == DEVICE
         assert torch.equal(gpu.packed.cpu(), cpu.packed)  # the same 4-bit codes
         a, b = nf4_dequantize(cpu), nf4_dequantize(gpu).cpu()
         if double_quant:  # the absmax mean is a float sum (order differs on the GPU): one int8 step at most
@@ -417,13 +425,14 @@ def test_nf4_linear_on_cuda_is_a_linear_with_the_dequantized_weight(dtype):
     assert out.dtype == dtype and out.shape == (4, 7, 48)
     expected = F.linear(x, layer.dequantized_weight(dtype), layer.bias.to(dtype))
     torch.testing.assert_close(out, expected, atol=0, rtol=0)
-    # against the float layer: NF4's error only (|w| <= absmax, codes 0.16 apart at most in the middle)
-    ref = linear.to(DEVICE)(x.float())
-    assert float((out.float() - ref).abs().max()) < 0.1
+    # against the float layer: NF4's error only. 4 bits leave ~9% relative error in a Gaussian-ish weight
+    # (measured on the CPU: 0.092 for the weight, 0.087-0.092 for the output); bf16 adds under 1%
+    ref = linear.to(DEVICE)(x.float()).detach()
+    assert float((out.float() - ref).norm() / ref.norm()) < 0.15
 
 
 def test_qlora_from_scratch_trains_on_cuda_like_on_the_cpu():
-    apply_qlora = api("apply_qlora", "llm_course.lora", "llm_course.train.lora")
+    apply_qlora = api("apply_qlora", "llm_course.lora", "llm_course.train.lora", "llm_course.train.qlora")
     NF4Linear = _quant("NF4Linear")
     batches = pattern_batches(15)
 
@@ -434,7 +443,7 @@ def test_qlora_from_scratch_trains_on_cuda_like_on_the_cpu():
         assert names and all(isinstance(model.get_submodule(n).base_layer, NF4Linear) for n in names)
         trainable = [p for p in model.parameters() if p.requires_grad]
         assert trainable and all(p.device.type == device for p in trainable)
-        opt = torch.optim.AdamW(trainable, lr=1e-2)
+        opt = torch.optim.AdamW(trainable, lr=3e-2)
         losses = []
         for batch in batches:
             loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
@@ -446,11 +455,12 @@ def test_qlora_from_scratch_trains_on_cuda_like_on_the_cpu():
 
     gpu_losses, gpu_model = run(DEVICE)
     cpu_losses, _ = run("cpu")
-    assert gpu_losses[-1] < gpu_losses[0] - 0.5  # the adapters learn (measured on the CPU: ~4.2 -> ~2)
+    # the adapters learn, slowly: rank 4 on a frozen random 4-bit base (measured on the CPU: 4.19 -> 4.04)
+    assert sum(gpu_losses[-5:]) / 5 < gpu_losses[0] - 0.07
     # same NF4 codes, same adapters: the two devices agree to float rounding, growing a little per step
     assert abs(gpu_losses[0] - cpu_losses[0]) < 1e-4
     assert max(abs(a - b) for a, b in zip(gpu_losses, cpu_losses)) < 1e-2
-    assert all(b.device.type == "cuda" for b in gpu_model.buffers())
+    assert all(b.device.type == DEVICE for b in gpu_model.buffers())
 
 
 def _bnb():
@@ -458,14 +468,17 @@ def _bnb():
     return bnb
 
 
-def test_nf4_code_and_codes_match_bitsandbytes():
+# (480, 160): rows of 160 values are not a whole number of 64-value blocks (course-gpt's c_attn is this shape).
+# bitsandbytes 0.50.2's CPU backend gets this case wrong (errors up to 0.9 * max|w|, measured); the course does not.
+@pytest.mark.parametrize("shape", [(256, 512), (480, 160)], ids=["rows-of-whole-blocks", "rows-across-blocks"])
+def test_nf4_code_and_codes_match_bitsandbytes(shape):
     """quantization.py's claims: NF4_CODE are bitsandbytes' 16 values, packed in bitsandbytes' nibble order,
     with the same per-block absmax (blocks of 64, no double quantization)."""
     bnb = _bnb()
     NF4_CODE, nf4_quantize, nf4_dequantize = _quant("NF4_CODE"), _quant("nf4_quantize"), _quant("nf4_dequantize")
     torch.testing.assert_close(bnb.functional.get_4bit_type("nf4", device=DEVICE).cpu(), NF4_CODE, atol=1e-7, rtol=0)
     torch.manual_seed(0)
-    w = torch.randn(256, 512, device=DEVICE) * 0.02
+    w = torch.randn(*shape, device=DEVICE) * 0.02
     packed, state = bnb.functional.quantize_4bit(w, blocksize=64, compress_statistics=False, quant_type="nf4")
     ours = nf4_quantize(w, 64)
     theirs = packed.reshape(-1)
@@ -476,7 +489,7 @@ def test_nf4_code_and_codes_match_bitsandbytes():
     deq_theirs = bnb.functional.dequantize_4bit(packed, state, quant_type="nf4")
     deq_ours = nf4_dequantize(ours)
     close = ((deq_theirs - deq_ours).abs() <= 1e-6).float().mean().item()
-    assert close > 0.9999
+    assert close > 0.9999, f"only {close:.5f} of the dequantized values agree"
 
 
 def test_nf4_linear_matches_bitsandbytes_linear4bit():
@@ -494,7 +507,7 @@ def test_nf4_linear_matches_bitsandbytes_linear4bit():
     x = torch.randn(5, 256, device=DEVICE)
     with torch.no_grad():
         # same weights to a few flipped codes at most (previous test), same float32 matmul
-        torch.testing.assert_close(ours(x), theirs(x), atol=1e-3, rtol=0)
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)  # measured on the CPU: 0.0
     # with double quantization each library quantizes the absmax constants its own way (ours: int8 around
     # their mean; bitsandbytes: 8-bit dynamic code): the outputs still agree to well within NF4's own error
     ours_dq = NF4Linear.from_linear(linear, block_size=64, double_quant=True).to(DEVICE)
@@ -502,15 +515,15 @@ def test_nf4_linear_matches_bitsandbytes_linear4bit():
         ref = linear.to(DEVICE)(x)
         err = float((ours_dq(x) - theirs(x)).abs().max())
         nf4_err = float((theirs(x) - ref).abs().max())
-    assert err < 0.25 * nf4_err + 1e-3, (err, nf4_err)
+    assert err < 0.05 * nf4_err + 1e-4, (err, nf4_err)  # measured on the CPU: 3e-4 vs 0.19
 
 
 def test_bitsandbytes_qlora_loads_course_gpt_in_4bit_and_trains_one_step(course_gpt):
-    """lora.bitsandbytes_qlora: a 4-bit NF4 model (double quantization) with LoRA on c_attn; one training step
+    """qlora.bitsandbytes_qlora: a 4-bit NF4 model (double quantization) with LoRA on c_attn; one training step
     changes only the adapters; the 4-bit model's loss is the float model's to NF4's error."""
     bnb = _bnb()
-    bitsandbytes_qlora = api("bitsandbytes_qlora", "llm_course.lora", "llm_course.train.lora")
-    checkpoint_dir = api("checkpoint_dir", "llm_course.zoo")
+    bitsandbytes_qlora = api("bitsandbytes_qlora", "llm_course.lora", "llm_course.train.lora", "llm_course.train.qlora")
+    checkpoint_dir = api("checkpoint_dir", "llm_course.zoo", "llm_course.zoo.loading")
     model, tok = course_gpt
     peft_model = bitsandbytes_qlora(str(checkpoint_dir("course-gpt")), r=4, alpha=8, dropout=0.0,
                                     compute_dtype=torch.float32)
@@ -518,18 +531,32 @@ def test_bitsandbytes_qlora_loads_course_gpt_in_4bit_and_trains_one_step(course_
     assert four_bit, "no layer was loaded in 4 bits"
     for m in four_bit:
         assert m.weight.quant_state.quant_type == "nf4" and m.weight.quant_state.nested  # double quant
-        assert m.weight.device.type == "cuda"
+        assert m.weight.device.type == DEVICE
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
 
+    # layer 0's c_attn: bitsandbytes' codes stand for the float Conv1D weight, transposed (transformers
+    # transposes GPT-2's (in, out) weights before quantizing), to NF4's error: at most half the widest gap
+    # between NF4 values (0.152) times the block's absmax; the course's own NF4 is off by 0.11 * max|w| here
+    hf, _ = api("load_pretrained", "llm_course.zoo", "llm_course.zoo.loading")("course-gpt", as_course_model=False)
+    ref = hf.transformer.h[0].attn.c_attn.weight.detach().T.to(DEVICE)  # (out, in) = (480, 160)
+    layer = peft_model.base_model.model.transformer.h[0].attn.c_attn.base_layer
+    deq = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state, quant_type="nf4")
+    assert deq.shape == ref.shape
+    assert float((deq.float() - ref).abs().max()) <= 0.16 * float(ref.abs().max())
+
     ids = torch.tensor([tok.encode("Once upon a time, there was a little girl who liked to play in the park.")])
+    quantize_nf4 = _quant("quantize_nf4")
     with torch.no_grad():
         float_loss = model(input_ids=ids, labels=ids).loss.item()
+        course_nf4_loss = quantize_nf4(model)(input_ids=ids, labels=ids).loss.item()  # a copy, model unchanged
     gpu_ids = ids.to(DEVICE)
     peft_model.train()
     loss = peft_model(input_ids=gpu_ids, labels=gpu_ids).loss
-    # a fresh adapter (B = 0) adds nothing: this is the 4-bit base model's loss. NF4 moves it by a few percent.
-    assert math.isfinite(loss.item()) and abs(loss.item() - float_loss) < 0.1 * float_loss
+    # a fresh adapter (B = 0) adds nothing: this is the 4-bit base model's loss, the same recipe as the course's
+    # quantize_nf4 (blocks of 64, double quantization). Measured on the CPU: float 4.778, course NF4 4.766.
+    assert math.isfinite(loss.item())
+    assert abs(loss.item() - course_nf4_loss) < 0.05, (loss.item(), course_nf4_loss, float_loss)
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_B" in n}
     base_before = four_bit[0].weight.data.clone()
     loss.backward()
@@ -596,15 +623,15 @@ def test_tensorrt_status_on_this_gpu_is_clear():
 
 
 def test_onnx_export_of_a_cuda_model_and_cuda_execution_provider(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(package)
     ox = "llm_course.onnx_export", "llm_course.infer.onnx_export"
     export_onnx, OnnxCausalLM = api("export_onnx", *ox), api("OnnxCausalLM", *ox)
     check_onnx_logits, available_providers = api("check_onnx_logits", *ox), api("available_providers", *ox)
     execution_providers = api("execution_providers", *ox)
     model = tiny_gpt().to(DEVICE).eval()
     path = export_onnx(model, tmp_path / "gpt.onnx")
-    assert next(model.parameters()).device.type == "cuda"  # exported on the CPU, put back on the GPU
+    assert next(model.parameters()).device.type == DEVICE  # exported on the CPU, put back on the GPU
     ids = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
     # the GPU model's logits vs ONNX Runtime on the CPU: float32 both, different kernels
     assert check_onnx_logits(model, OnnxCausalLM(path), ids, atol=1e-3) <= 1e-3

@@ -1,4 +1,4 @@
-"""Tests for llm_course.data: the docs corpus, chatterbot dialogs and synthetic tasks.
+"""Tests for llm_course.text: the docs corpus, chatterbot dialogs, token costs and synthetic tasks.
 
 The standard-library corpus is built once per session (a few seconds); cache tests reuse
 those documents through a counting stand-in, so they check the cache logic without
@@ -21,19 +21,22 @@ from hypothesis import strategies as st
 
 from llm_course.core import deps
 from llm_course.core.deps import MissingDependencyError
-from llm_course.text import corpora, tasks
+from llm_course.text import corpora, encoding, tasks
+from llm_course.text import dialogs as dialogs_module
 from llm_course.text.corpora import (
-    Dialog,
     Document,
     TextCorpus,
-    dialog_categories,
-    dialog_languages,
-    dialogs_text,
     docs_corpus,
     docs_documents,
     first_sentence,
-    load_dialogs,
     train_val_split,
+)
+from llm_course.text.dialogs import (
+    Dialog,
+    dialog_categories,
+    dialog_languages,
+    dialogs_text,
+    load_dialogs,
 )
 from llm_course.text.tasks import TASKS, Example, check, make_task
 
@@ -421,7 +424,7 @@ def test_odd_yaml_values_become_text(tmp_path, monkeypatch):
         "- a bare string\n",  # a malformed entry: one turn
         encoding="utf-8",
     )
-    monkeypatch.setattr(corpora, "_dialog_data_dir", lambda: tmp_path)
+    monkeypatch.setattr(dialogs_module, "_dialog_data_dir", lambda: tmp_path)
     assert dialog_languages() == ["testlang"]
     dialogs = load_dialogs("testlang")
     assert [d.turns for d in dialogs] == [("42", "True", "3.5"), ("padded", "last"), ("a bare string",)]
@@ -434,10 +437,10 @@ def test_yaml_is_loaded_safely(tmp_path, monkeypatch):
     folder.mkdir()
     marker = tmp_path / "pwned"
     (folder / "x.yml").write_text(
-        "conversations:\n- - !!python/object/apply:os.system ['touch %s']\n  - hi\n" % marker,
+        f"conversations:\n- - !!python/object/apply:os.system ['touch {marker}']\n  - hi\n",
         encoding="utf-8",
     )
-    monkeypatch.setattr(corpora, "_dialog_data_dir", lambda: tmp_path)
+    monkeypatch.setattr(dialogs_module, "_dialog_data_dir", lambda: tmp_path)
     with pytest.raises(ValueError, match="not plain YAML"):
         load_dialogs("evil")
     assert not marker.exists()
@@ -574,9 +577,9 @@ def test_word_options():
 def test_task_errors():
     with pytest.raises(ValueError, match="unknown task 'nope'.*copy.*count_words"):
         make_task("nope", 5)
-    with pytest.raises(ValueError, match="n must be >= 0"):
+    with pytest.raises(ValueError, match="n must be a non-negative integer, got -1"):
         make_task("copy", -1)
-    with pytest.raises(TypeError, match="n must be an integer"):
+    with pytest.raises(TypeError, match="n must be a non-negative integer, got"):
         make_task("copy", 2.5)
     assert make_task("copy", 0) == []
     with pytest.raises(TypeError, match="no option digits.*min_len=3"):
@@ -657,12 +660,12 @@ class _OneTokenPerWord:
 def test_cyrillic_token_cost_by_hand(bytes_only):
     # "да нет": 2 + 2 bytes, a space, 3 x 2 bytes = 11 tokens for 5 letters; the comma, "!", digits,
     # Latin letters and line breaks are not Cyrillic and are left out (words rejoined with one space).
-    assert corpora.cyrillic_token_cost(bytes_only, "да, нет!") == pytest.approx(11 / 5)
-    assert corpora.cyrillic_token_cost(bytes_only, "Ёж 42 ok\nёлка.") == pytest.approx((4 + 1 + 8) / 6)
+    assert encoding.cyrillic_token_cost(bytes_only, "да, нет!") == pytest.approx(11 / 5)
+    assert encoding.cyrillic_token_cost(bytes_only, "Ёж 42 ok\nёлка.") == pytest.approx((4 + 1 + 8) / 6)
     # whole words: one token per word (special tokens not added), so 1 / mean word length
-    assert corpora.cyrillic_token_cost(_OneTokenPerWord(), "Привет, мир!") == pytest.approx(2 / 9)
-    assert corpora.latin_token_cost(bytes_only, "Hello, world 42 привет") == pytest.approx(11 / 10)
-    assert corpora.latin_token_cost(_OneTokenPerWord(), "Hello, world!") == pytest.approx(2 / 10)
+    assert encoding.cyrillic_token_cost(_OneTokenPerWord(), "Привет, мир!") == pytest.approx(2 / 9)
+    assert encoding.latin_token_cost(bytes_only, "Hello, world 42 привет") == pytest.approx(11 / 10)
+    assert encoding.latin_token_cost(_OneTokenPerWord(), "Hello, world!") == pytest.approx(2 / 10)
 
 
 def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer(bytes_only):
@@ -675,12 +678,12 @@ def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer
     from llm_course.zoo.loading import checkpoint_dir
 
     folder = checkpoint_dir("course-gpt")
-    ours = corpora.cyrillic_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
-    rust = corpora.cyrillic_token_cost(Tokenizer.from_file(str(folder / "tokenizer.json")))
+    ours = encoding.cyrillic_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
+    rust = encoding.cyrillic_token_cost(Tokenizer.from_file(str(folder / "tokenizer.json")))
     assert ours == rust
-    assert corpora.cyrillic_token_cost(bytes_only) == pytest.approx(2.0, abs=0.2)  # 2 bytes a letter, + spaces
+    assert encoding.cyrillic_token_cost(bytes_only) == pytest.approx(2.0, abs=0.2)  # 2 bytes a letter, + spaces
     assert 0.3 < ours < 1.5  # it learned some Cyrillic merges, far from whole words
-    english = corpora.latin_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
+    english = encoding.latin_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
     assert english < ours / 2  # English is much cheaper for it
 
 
@@ -691,4 +694,4 @@ def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer
 ])
 def test_cyrillic_token_cost_bad_input(bytes_only, tokenizer, text, error, match):
     with pytest.raises(error, match=match):
-        corpora.cyrillic_token_cost(bytes_only if tokenizer == "_bytes" else tokenizer, text)
+        encoding.cyrillic_token_cost(bytes_only if tokenizer == "_bytes" else tokenizer, text)

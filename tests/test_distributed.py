@@ -329,7 +329,8 @@ def test_torchrun_ranks_end_without_the_interpreters_teardown(no_torchrun_env, t
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(
         "import atexit, os\n"
-        f"atexit.register(lambda: open(os.path.join({str(tmp_path)!r}, 'atexit_' + os.environ.get('RANK', 'launcher')), 'w').close())\n")
+        f"marker = os.path.join({str(tmp_path)!r}, 'atexit_' + os.environ.get('RANK', 'launcher'))\n"
+        "atexit.register(lambda: open(marker, 'w').close())\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hooks), str(REPO)]))
     launch(2, CLI_ARGS + ["--out", str(tmp_path / "ddp2.json")], log_dir=tmp_path / "logs", timeout_s=120)
     assert json.loads((tmp_path / "ddp2.json").read_text())["world_size"] == 2

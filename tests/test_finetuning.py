@@ -15,21 +15,21 @@ transformers = pytest.importorskip("transformers")
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 from llm_course.train.finetuning import (
-    OLDEST_TRANSFORMERS,
     ExampleDataset,
     _default_collator,
-    comparison_table,
-    demonstrate_manual_errors,
     lm_examples,
-    manual_error_expected,
-    measure_finetuning,
-    plot_comparison,
-    saved_activation_bytes,
     trainer_finetune,
     trainer_history,
     training_arguments,
 )
-from llm_course.train.lora import count_parameters
+from llm_course.train.finetuning_costs import (
+    comparison_table,
+    count_parameters,
+    measure_finetuning,
+    plot_comparison,
+    saved_activation_bytes,
+)
+from llm_course.train.manual_trainer import OLDEST_TRANSFORMERS, demonstrate_manual_errors, manual_error_expected
 from llm_course.zoo.loading import checkpoint_dir
 
 

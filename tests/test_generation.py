@@ -14,21 +14,18 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from llm_course.infer.generation import (
+from llm_course.infer.generation import distinct_n, generate, sequence_logprob, stream
+from llm_course.infer.logits_processors import (
     GenerationConfig,
     apply_repetition_penalty,
     apply_temperature,
-    context_length,
-    distinct_n,
-    generate,
     next_token_distributions,
     process_logits,
-    sequence_logprob,
-    stream,
     top_k_filter,
     top_p_filter,
 )
 from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.modeling import context_length
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
 
 V = 97
@@ -310,6 +307,33 @@ def test_bad_prompts_are_clear_errors(gpt):
         generate(gpt, torch.tensor([[1, 2, 0]]), torch.tensor([[1, 1, 0]]))
     assert context_length(gpt) == 48
     assert torch.equal(generate(gpt, torch.tensor([[1, 2]]), max_new_tokens=0), torch.tensor([[1, 2]]))
+
+
+def test_slide_context_reads_the_last_window_once_the_text_outgrows_it():
+    """Past n_positions each step must see the last n_positions tokens, positions counted from 0 (the
+    same as a loop that recomputes the window every step), greedy and sampled."""
+    model = _gpt(T=12)
+    prompt = torch.tensor([[3, 17, 42], [9, 9, 10]])
+    ids = prompt
+    with torch.no_grad():  # the reference: no cache, the last 12 tokens every step
+        for _ in range(20):
+            ids = torch.cat([ids, model(ids[:, -12:]).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generate(model, prompt, max_new_tokens=20, slide_context=True), ids)
+    assert torch.equal(generate(model, prompt, max_new_tokens=20, slide_context=True, use_cache=False), ids)
+    long_prompt = ids[:, :15]  # a prompt longer than the window: only its last 12 tokens are read
+    assert torch.equal(generate(model, long_prompt, max_new_tokens=8, slide_context=True), ids[:, :23])
+    # sampling: the same draws as a seeded multinomial over the window's last-position softmax
+    generator, ids = torch.Generator().manual_seed(5), prompt
+    with torch.no_grad():
+        for _ in range(15):
+            probs = F.softmax(model(ids[:, -12:]).logits[:, -1].float(), -1)
+            ids = torch.cat([ids, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    sampled = generate(model, prompt, max_new_tokens=15, do_sample=True, seed=5, slide_context=True)
+    assert torch.equal(sampled, ids)
+    with pytest.raises(ValueError, match="slide_context=True"):  # the error names the way out
+        generate(model, prompt, max_new_tokens=20)
+    with pytest.raises(ValueError, match="beam search"):
+        generate(model, prompt, max_new_tokens=20, num_beams=2, slide_context=True)
 
 
 def test_sequence_logprob_and_distinct_n_closed_form(gpt):

@@ -16,20 +16,22 @@ from llm_course.models.gpt import GPT, GPTConfig
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
 from llm_course.train import instruct
 from llm_course.train.instruct import (
+    InstructionCollator,
+    answer,
+    batches,
+    encode_instruction,
+    exact_match,
+    instruction_tune,
+)
+from llm_course.train.instructions import (
     CHAT_TEMPLATE,
     INSTRUCTION_TASKS,
     TASK_OPTIONS,
     TEMPLATES,
     WORD_PAIRS,
     Instruction,
-    InstructionCollator,
-    answer,
-    batches,
-    encode_instruction,
-    exact_match,
     format_chat,
     format_prompt,
-    instruction_tune,
     make_instructions,
 )
 from llm_course.zoo.loading import checkpoint_dir

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.gpt import GPT
 from llm_course.models.intro import (
     GPT_SHAPES,
     BigramLM,
@@ -25,16 +25,16 @@ def test_gpt2_small_count_is_the_published_figure():
     assert gpt_param_count(12, 768, tied=False) == 124_439_808 + 50257 * 768
 
 
-@pytest.mark.parametrize("shape", GPT_SHAPES, ids=lambda s: s.name)
-def test_formula_matches_an_instantiated_transformers_gpt2(shape):
+@pytest.mark.parametrize("name", list(GPT_SHAPES))
+def test_formula_matches_an_instantiated_transformers_gpt2(name):
+    shape = GPT_SHAPES[name]
     cfg = GPT2Config(n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head,
-                     vocab_size=shape.vocab_size, n_positions=shape.n_positions, bos_token_id=None, eos_token_id=None)
+                     vocab_size=shape.vocab_size, n_positions=shape.block_size, bos_token_id=None, eos_token_id=None)
     with torch.device("meta"):  # no memory is allocated, even for GPT-2 XL
         model = GPT2LMHeadModel(cfg)
-        ours = GPT(GPTConfig(n_layer=shape.n_layer, n_embd=shape.n_embd, n_head=shape.n_head,
-                             vocab_size=shape.vocab_size, n_positions=shape.n_positions))
+        ours = GPT(shape.gpt_config())
     actual = sum(p.numel() for p in model.parameters())  # tied weights are counted once
-    assert gpt_param_count(shape.n_layer, shape.n_embd, shape.vocab_size, shape.n_positions) == actual
+    assert gpt_param_count(shape.n_layer, shape.n_embd, shape.vocab_size, shape.block_size) == actual
     assert ours.num_parameters() == actual
 
 

@@ -42,6 +42,9 @@ ONE_IDEA = {
     "llm_course.text.tokenizer": "byte-level BPE: training, encoding, decoding, save/load of one tokenizer",
     "llm_course.train.distributed": "DDP on CPU: the worker, the launcher and its diagnosis of failed ranks",
     "llm_course.train.hpsearch": "one Ray Tune search: the trainable, the search and its report",
+    "llm_course.models.t5": "one model, T5 (like gpt.py): config, relative position bias, blocks, encoder-decoder",
+    "llm_course.widgets.sampling_explorer": "one widget, SamplingExplorer: its controls, its step/generate/reset "
+                                            "actions and what it shows (the figure itself is viz.distributions)",
 }
 
 
@@ -260,3 +263,54 @@ def test_checker_finds_each_kind_of_defect(tmp_path):
                                                                       "widgets")])
 def test_layer_of(module, layer):
     assert LAYERS[layer_of(module)] == layer
+
+
+# ---------------------------------------------------------------------------------------------------
+# A student finds a chapter's code in one step: llm_course.chapters and the README map it
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_layer_order_is_the_one_the_course_documents():
+    from llm_course.chapters import LAYERS as documented
+
+    assert tuple(layer.name for layer in documented) == LAYERS
+
+
+def test_every_module_is_taught_by_a_chapter():
+    from llm_course.chapters import CHAPTERS
+    from llm_course.report import package_modules
+
+    modules = package_modules()
+    mapped = {m for ch in CHAPTERS for m in ch.modules}
+    assert sorted(mapped - set(modules)) == [], "llm_course.chapters names modules that do not exist"
+    unmapped = sorted(m for m in modules if "." in m and m not in mapped)  # top-level modules serve all
+    assert unmapped == [], "add these modules to the chapter that teaches them (llm_course.chapters)"
+    for name, doc in modules.items():
+        assert doc, f"llm_course.{name} has no docstring"
+
+
+def test_notebooks_import_only_modules_the_map_names():
+    import json
+    import re
+
+    from llm_course.chapters import CHAPTERS, chapter_of, notebooks_dir
+
+    mapped = {m for ch in CHAPTERS for m in ch.modules}
+    for nb in sorted(notebooks_dir().glob("[0-9][0-9]_*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        used = set(re.findall(r"^\s*from llm_course\.([\w.]+) import", code, re.M))
+        used = {m for m in used if "." in m}  # subpackage modules (top-level ones serve every chapter)
+        assert used <= mapped, f"{nb.name} imports modules no chapter names: {sorted(used - mapped)}"
+        own = set(chapter_of(nb).modules)
+        assert own & used, f"{nb.name} imports none of the modules its chapter names"
+
+
+def test_readme_module_table_is_current():
+    import re
+
+    from llm_course.report import module_table
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- BEGIN modules -->\n(.*?)<!-- END modules -->", readme, re.S)
+    assert block, "README.md lost its generated module table"
+    assert block.group(1) == module_table(), "the README's module table is stale: run `make readme`"

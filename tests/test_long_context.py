@@ -23,16 +23,18 @@ from transformers import GPT2LMHeadModel
 
 from llm_course.infer.long_context import (
     SlidingWindowGPT,
-    document_chunks,
     local_attention_maps,
-    long_document_embedding,
-    manual_defects,
-    manual_sliding_window_embeddings,
     naive_chunk_perplexity,
     sliding_window_mask,
     strided_perplexity,
     strided_windows,
     token_ids,
+)
+from llm_course.infer.long_documents import (
+    document_chunks,
+    long_document_embedding,
+    manual_defects,
+    manual_sliding_window_embeddings,
 )
 from llm_course.models.gpt import GPT, GPTConfig
 from llm_course.models.intro import SentenceEncoder, mean_pool
@@ -168,9 +170,9 @@ def test_strided_windows_example_from_the_docstring():
     (lambda m, ids: strided_perplexity(m, ids, 8, 8), ValueError, "stride=8 must be smaller than window=8"),
     (lambda m, ids: strided_perplexity(m, ids, 17, 4), ValueError, "larger than the model's context"),
     (lambda m, ids: naive_chunk_perplexity(m, ids, 32), ValueError, "larger than the model's context"),
-    (lambda m, ids: strided_perplexity(m, ids, 8, 0), ValueError, "stride must be >= 1"),
-    (lambda m, ids: strided_perplexity(m, ids, 1, 1), ValueError, "window must be >= 2"),
-    (lambda m, ids: strided_perplexity(m, ids, 8.0, 4), TypeError, "window must be an int"),
+    (lambda m, ids: strided_perplexity(m, ids, 8, 0), ValueError, "stride must be a positive integer"),
+    (lambda m, ids: strided_perplexity(m, ids, 1, 1), ValueError, "window must be an integer >= 2"),
+    (lambda m, ids: strided_perplexity(m, ids, 8.0, 4), TypeError, "window must be an integer"),
     (lambda m, ids: strided_perplexity(m, ids[:1], 8, 4), ValueError, "at least 2"),
     (lambda m, ids: strided_perplexity(m, "some text", 8, 4), TypeError, "tokenize it first"),
     (lambda m, ids: strided_perplexity(m, torch.tensor([1, 2, V]), 8, 4), ValueError, "outside the model's vocabulary"),
@@ -220,7 +222,7 @@ def test_sliding_window_mask_matches_the_definition(q, extra, window):
 
 
 def test_sliding_window_mask_bad_input():
-    with pytest.raises(ValueError, match="window must be >= 1"):
+    with pytest.raises(ValueError, match="window must be a positive integer"):
         sliding_window_mask(4, 0)
     with pytest.raises(ValueError, match="key_length"):
         sliding_window_mask(4, 2, key_length=3)
@@ -326,7 +328,7 @@ def test_local_attention_trains_and_refuses_gradient_checkpointing():
 def test_sliding_window_gpt_bad_input(gpt):
     with pytest.raises(TypeError, match="GPT.from_hf"):
         SlidingWindowGPT(gpt.to_hf(), 4)
-    with pytest.raises(ValueError, match="window must be >= 1"):
+    with pytest.raises(ValueError, match="window must be a positive integer"):
         SlidingWindowGPT(gpt, 0)
 
 

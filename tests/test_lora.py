@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from transformers.pytorch_utils import Conv1D  # noqa: E402
 
-import llm_course.train.lora as lora_module
+import llm_course.train.qlora as qlora_module
 from llm_course.core.deps import MissingDependencyError
 from llm_course.models.gpt import GPT, GPTConfig
 from llm_course.nn.quantization import (
@@ -27,22 +27,19 @@ from llm_course.nn.quantization import (
     quantization_error,
     quantize_nf4,
 )
+from llm_course.train.finetuning_costs import count_parameters, lora_weight_memory, print_trainable_parameters
 from llm_course.train.lora import (
     LoRALinear,
     apply_lora,
-    apply_qlora,
-    bitsandbytes_qlora,
     copy_lora_from_peft,
-    count_parameters,
     default_target_modules,
     lora_state_dict,
-    lora_weight_memory,
     merge_lora,
     peft_lora_config,
-    print_trainable_parameters,
     remove_lora,
     unmerge_lora,
 )
+from llm_course.train.qlora import apply_qlora, bitsandbytes_qlora
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -447,7 +444,7 @@ def test_bitsandbytes_qlora_without_cuda_is_a_clear_error(monkeypatch, no_loadin
 
 def test_bitsandbytes_qlora_without_bitsandbytes_is_a_clear_error(monkeypatch, no_loading):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(lora_module, "_bitsandbytes_installed", lambda: False)
+    monkeypatch.setattr(qlora_module, "_bitsandbytes_installed", lambda: False)
     with pytest.raises(MissingDependencyError, match="pip install bitsandbytes") as info:
         bitsandbytes_qlora("gpt2")
     assert any("apply_qlora" in note for note in info.value.__notes__)
@@ -458,7 +455,7 @@ def test_bitsandbytes_qlora_recipe_loads_in_4bit_before_preparing(monkeypatch, g
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     # only bitsandbytes_qlora's check is told it is installed: peft's own look-up must still see the truth
-    monkeypatch.setattr(lora_module, "_bitsandbytes_installed", lambda: True)
+    monkeypatch.setattr(qlora_module, "_bitsandbytes_installed", lambda: True)
 
     def from_pretrained(name, **kwargs):
         calls.append(("from_pretrained", name, kwargs))

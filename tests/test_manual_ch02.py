@@ -55,6 +55,14 @@ def test_course_gpt_does_not(t):
     assert future_token_influence(lambda x: gpt(x).logits, _ids(), t, V) < 1e-5
 
 
+def test_future_token_influence_checks_t(manual_gpt):
+    # _ids() has 10 tokens: t = 8 is the last position with a token after it
+    with pytest.raises(ValueError, match=r"t must be an integer in \[0, 8\], got 9: some tokens must come after"):
+        future_token_influence(manual_gpt, _ids(), 9, V)
+    with pytest.raises(TypeError, match="t must be an integer"):
+        future_token_influence(manual_gpt, _ids(), 4.0, V)
+
+
 def test_the_leak_is_the_cross_attention(manual_gpt):
     """Give the cross-attention a causal memory_mask too and the leak disappears: that is the bug."""
 

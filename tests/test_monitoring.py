@@ -19,19 +19,19 @@ from hypothesis import strategies as st
 
 from llm_course.core.deps import MissingDependencyError
 from llm_course.models.gpt import GPT, GPTConfig
-from llm_course.train.loop import NonFiniteLossError, TrainConfig, _model_loss, train
+from llm_course.nn.evaluation import model_loss
+from llm_course.train.loop import NonFiniteLossError, TrainConfig, train
 from llm_course.train.monitoring import (
     DivergenceDetector,
     DivergenceWarning,
     ExplodingGradientError,
     TensorBoardLogger,
-    gradient_norm_timing,
-    manual_monitor_gradients,
     plot_scalars,
     read_scalars,
     tensorboard_command,
     wandb_offline_logger,
 )
+from llm_course.train.trainer_monitoring import gradient_norm_timing, manual_monitor_gradients
 
 V, T = 64, 16
 DATA = torch.randint(0, V - 1, (2000,), generator=torch.Generator().manual_seed(7))  # token V-1 never occurs
@@ -309,7 +309,7 @@ def test_trainer_hides_a_nan_loss_without_the_callback(tmp_path):
 
 
 def test_trainer_callback_stops_on_a_nan_loss_before_the_update(tmp_path):
-    from llm_course.train.monitoring import MonitorCallback
+    from llm_course.train.trainer_monitoring import MonitorCallback
 
     trainer, model = tiny_trainer(tmp_path, [MonitorCallback(tmp_path / "tb")], poison_step=3)
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradient at step 3 \(first in \S+") as err:
@@ -322,7 +322,7 @@ def test_trainer_callback_stops_on_a_nan_loss_before_the_update(tmp_path):
 
 
 def test_trainer_callback_stops_on_a_nan_gradient(tmp_path):
-    from llm_course.train.monitoring import MonitorCallback
+    from llm_course.train.trainer_monitoring import MonitorCallback
 
     trainer, model = tiny_trainer(tmp_path, [MonitorCallback()])
     at_step(model, model.transformer.h[0].attn.c_attn.weight, 4, lambda g: torch.full_like(g, float("inf")))
@@ -332,7 +332,7 @@ def test_trainer_callback_stops_on_a_nan_gradient(tmp_path):
 
 
 def test_trainer_callback_stops_on_an_exploding_gradient_and_logs_like_the_course_loop(tmp_path):
-    from llm_course.train.monitoring import MonitorCallback
+    from llm_course.train.trainer_monitoring import MonitorCallback
 
     callback = MonitorCallback(tmp_path / "tb", DivergenceDetector(max_grad_ratio=10, min_steps=4))
     trainer, model = tiny_trainer(tmp_path, [callback], max_steps=20, include_num_input_tokens_seen=True)
@@ -352,7 +352,7 @@ def test_trainer_callback_stops_on_an_exploding_gradient_and_logs_like_the_cours
 
 
 def test_trainer_callback_logs_eval_loss(tmp_path):
-    from llm_course.train.monitoring import MonitorCallback
+    from llm_course.train.trainer_monitoring import MonitorCallback
 
     val = [{"input_ids": DATA[i : i + T], "labels": DATA[i : i + T]} for i in range(0, 4 * T, T)]
     trainer, _ = tiny_trainer(tmp_path, [MonitorCallback(tmp_path / "tb")], max_steps=4, eval_dataset=val,
@@ -416,7 +416,7 @@ def test_detector_bad_arguments(kwargs, pattern):
 
 
 def test_bad_log_dirs_and_tags(tmp_path):
-    from llm_course.train.monitoring import MonitorCallback
+    from llm_course.train.trainer_monitoring import MonitorCallback
 
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
@@ -440,13 +440,15 @@ def test_bad_log_dirs_and_tags(tmp_path):
 
 def test_every_public_name_says_its_chapter():
     import llm_course.train.monitoring as monitoring
+    import llm_course.train.trainer_monitoring as trainer_monitoring
 
-    for name in monitoring.__all__:
-        obj = getattr(monitoring, name)  # MonitorCallback is built on first access (transformers import)
-        if callable(obj):
-            assert "Chapter 09" in (obj.__doc__ or ""), name
-    assert issubclass(monitoring.MonitorCallback, __import__("transformers").TrainerCallback)
-    assert monitoring.MonitorCallback.__qualname__ == "MonitorCallback"
+    for module in (monitoring, trainer_monitoring):
+        for name in module.__all__:
+            obj = getattr(module, name)  # MonitorCallback is built on first access (transformers import)
+            if callable(obj):
+                assert "Chapter 09" in (obj.__doc__ or ""), name
+    assert issubclass(trainer_monitoring.MonitorCallback, __import__("transformers").TrainerCallback)
+    assert trainer_monitoring.MonitorCallback.__qualname__ == "MonitorCallback"
 
 
 def test_manual_monitor_gradients_measures_too_late(tmp_path):
@@ -492,7 +494,7 @@ def test_gradient_norm_timing_against_an_independent_norm():
     torch.manual_seed(0)
     model = tiny_gpt()
     ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(3))
-    _model_loss(model, {"input_ids": ids, "labels": ids}).backward()
+    model_loss(model, {"input_ids": ids, "labels": ids}).backward()
     reference = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in model.parameters() if p.grad is not None))
     n_grads = sum(p.grad is not None for p in model.parameters())
     model.zero_grad(set_to_none=True)

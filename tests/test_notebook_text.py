@@ -26,7 +26,7 @@ Markdown link, and the link resolves:
 
 **Figures.** Two figures are stated in several places with one exact phrase, so they can be
 compared: "N.NN tokens per Cyrillic character" (the shipped course-gpt tokenizer on the Russian
-dialogs, ``llm_course.text.corpora.cyrillic_token_cost``) and "bf16 activations N.NN× of fp32" (what
+dialogs, ``llm_course.text.encoding.cyrillic_token_cost``) and "bf16 activations N.NN× of fp32" (what
 autograd saves for the backward under bf16 autocast, over fp32, for course-gpt's shape on chapter
 09's batch: ``measured_bf16``). Every occurrence (in the notebooks' Markdown, README.md and
 docs/ERRATA.md; a line break may split the phrase) must state the value measured here, live,
@@ -287,7 +287,7 @@ def _statements(phrase: re.Pattern) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def measured_cyrillic() -> float:
-    from llm_course.text.corpora import cyrillic_token_cost
+    from llm_course.text.encoding import cyrillic_token_cost
     from llm_course.text.tokenizer import ByteLevelBPETokenizer
     from llm_course.zoo.loading import checkpoint_dir
 
@@ -297,14 +297,14 @@ def measured_cyrillic() -> float:
 def measured_bf16() -> float:
     """The ratio redone: a GPT of course-gpt's shape (its config.json) on a batch of the size chapter 09's
     parameters cell sets (BATCH x SEQ), the bytes autograd saves for the backward (each storage once,
-    weights excluded: ``finetuning.saved_activation_bytes``) under bf16 autocast over fp32. The bytes
+    weights excluded: ``finetuning_costs.saved_activation_bytes``) under bf16 autocast over fp32. The bytes
     depend only on shapes and dtypes, not on the weights or token values; they do depend on the batch
     shape (on course-gpt: 0.73 at 4 x 256 and 16 x 64, 0.72 on chapter 06's first batch of 16 x 76, 0.69
     at 8 x 384), which is why the phrase states one measurement, the one chapter 09 makes."""
     import torch
 
     from llm_course.models.gpt import GPT, GPTConfig
-    from llm_course.train.finetuning import saved_activation_bytes
+    from llm_course.train.finetuning_costs import saved_activation_bytes
     from llm_course.train.precision import autocast_context
     from llm_course.zoo.loading import checkpoint_dir
 

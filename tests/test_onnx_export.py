@@ -11,6 +11,7 @@ import torch.nn as nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llm_course.core.deps import MissingDependencyError
+from llm_course.infer.generation import generate
 from llm_course.infer.onnx_export import (
     LogitsOnly,
     OnnxCausalLM,
@@ -23,7 +24,6 @@ from llm_course.infer.onnx_export import (
     tensorrt_status,
 )
 from llm_course.models.gpt import GPT, GPTConfig
-from llm_course.train.pretraining import generate
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -74,7 +74,7 @@ def test_check_onnx_logits_detects_a_different_model(model, exported):
 def test_onnx_greedy_ids_equal_pytorch_greedy(model, exported):
     prompt = _ids(3, 4, seed=7)
     # 30 new tokens: past n_positions=24, so both must slide the window the same way
-    expected = generate(model, prompt, 30, temperature=0)
+    expected = generate(model, prompt, max_new_tokens=30, slide_context=True)
     got = exported.generate(prompt, 30)
     assert got.shape == (3, 34)
     assert torch.equal(got, expected)
@@ -105,8 +105,10 @@ def test_numpy_input_and_bad_input(exported):
         exported(torch.zeros(1, 3))
     with pytest.raises(ValueError, match="batch, seq_len"):
         exported(torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="max_new_tokens"):
+    with pytest.raises(ValueError, match="max_new_tokens must be a non-negative integer, got -1"):
         exported.generate(ids, -1)
+    with pytest.raises(TypeError, match="max_new_tokens must be a non-negative integer, got bool"):
+        exported.generate(ids, True)
 
 
 def test_export_bad_input(tmp_path, model):
@@ -116,6 +118,10 @@ def test_export_bad_input(tmp_path, model):
         LogitsOnly(nn.Linear(3, 3))
     with pytest.raises(ValueError, match="more than the model's n_positions"):
         export_onnx(model, tmp_path / "x.onnx", example_input_ids=_ids(1, 30, seed=0))
+    with pytest.raises(TypeError, match="example_input_ids must be a .* tensor of token ids, got list"):
+        export_onnx(model, tmp_path / "x.onnx", example_input_ids=[[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"example_input_ids must have shape \(batch, seq_len\), got \(3,\)"):
+        export_onnx(model, tmp_path / "x.onnx", example_input_ids=torch.tensor([1, 2, 3]))
     with pytest.raises(FileNotFoundError, match="export_onnx"):
         OnnxCausalLM(tmp_path / "missing.onnx")
     with pytest.raises(ValueError, match="intra_op_num_threads"):
@@ -189,7 +195,7 @@ def test_transformers_gpt2_through_the_wrapper(model, tmp_path):
     for B, T in [(1, 3), (5, 24)]:
         assert check_onnx_logits(hf, ort_model, _ids(B, T, seed=T)) <= 1e-4
     prompt = _ids(2, 3, seed=5)
-    assert torch.equal(ort_model.generate(prompt, 8), generate(model, prompt, 8, temperature=0))
+    assert torch.equal(ort_model.generate(prompt, 8), generate(model, prompt, max_new_tokens=8))
     # a GPT2 built directly from a config (not converted) works the same
     torch.manual_seed(1)
     raw = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2,

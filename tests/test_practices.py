@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llm_course.models.gpt import GPT, GPTConfig
-from llm_course.train.finetuning import saved_activation_bytes
+from llm_course.train.finetuning_costs import saved_activation_bytes
 from llm_course.train.practices import (
     MANUAL_AMP,
     activation_memory,

@@ -13,39 +13,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from llm_course.infer.generation import generate
 from llm_course.models.bert import BERT, BERTConfig
 from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.shape import ModelShape
 from llm_course.nn.objectives import manual_causal_lm_labels, manual_mask_tokens
 from llm_course.text.corpora import TextCorpus
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
 from llm_course.train.loop import TrainConfig, train
+from llm_course.train.masked_lm import bert_inputs, fill_mask, masking_stats, mlm_accuracy, mlm_batch
 from llm_course.train.pretraining import (
-    BERT_SPECIALS,
-    EOT,
-    PretrainRecipe,
     SampleLogger,
     TimeBudget,
     TokenizedCorpus,
-    bert_inputs,
     complete,
     fastest_threads,
-    fill_mask,
-    generate,
-    masking_stats,
-    mlm_accuracy,
-    mlm_batch,
     offset_accuracy,
     prepare_docs_tokens,
     pretrain_gpt,
-    quick_gpt_recipe,
     steps_for_budget,
     validation_bpc,
 )
+from llm_course.train.recipe import BERT_SPECIALS, EOT, PretrainRecipe, quick_gpt_recipe
 
 TEXT = ("Return the number of items in the list. The function returns a new list.\n\n"
         "Open the file and return a stream. Raise an error if the file cannot be opened.\n\n") * 40
 SMALL = PretrainRecipe(vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, lr=1e-2,
-                       min_lr=1e-3, max_steps=40, eval_every=20, eval_batches=2, threads=1)
+                       min_lr=1e-3, max_steps=40, warmup_steps=2, eval_interval=20, eval_steps=2, threads=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -81,11 +75,17 @@ def test_recipe_builds_the_configs_and_rejects_bad_values():
     shape = (g.vocab_size, g.n_positions, g.n_embd, g.n_layer, g.n_head)
     assert shape == (1000, r.block_size, r.n_embd, r.n_layer, r.n_head)
     t = r.train_config(200, device="cpu")
-    assert (t.max_steps, t.lr, t.min_lr, t.warmup_steps, t.device) == (200, r.lr, r.min_lr, 10, "cpu")
+    assert (t.max_steps, t.lr, t.min_lr, t.warmup_steps, t.device) == (200, r.lr, r.min_lr, r.warmup_steps, "cpu")
+    assert (t.eval_interval, t.eval_steps) == (r.eval_interval, r.eval_steps)  # TrainConfig's names, one to one
+    assert r.train_config(20).warmup_steps == 20  # a run shorter than the warmup warms up over all of it
+    with pytest.raises(ValueError, match="no max_steps"):
+        r.train_config()  # a budget recipe: pretrain_gpt fits the steps
+    assert isinstance(r, ModelShape) and r.model_config(1000) == g
     assert quick_gpt_recipe(time_budget_s=30).time_budget_s == 30
     for bad, match in [(dict(n_embd=130), "divisible"), (dict(block_size=1), "block_size"),
                        (dict(time_budget_s=0), "time_budget_s"), (dict(max_steps=0), "max_steps"),
-                       (dict(min_lr=1.0), "min_lr"), (dict(batch_size=0), "batch_size")]:
+                       (dict(min_lr=1.0), "min_lr"), (dict(batch_size=0), "batch_size"),
+                       (dict(kind="seq2seq-lm"), "kind"), (dict(max_steps=None, time_budget_s=None), "max_steps or")]:
         with pytest.raises(ValueError, match=match):
             PretrainRecipe(**bad)
 
@@ -188,7 +188,7 @@ def test_manual_double_shift_teaches_the_token_after_next():
     stream = torch.arange(13).repeat(200) + 20
     data = TokenizedCorpus(tok, stream, stream[:400], 1, 1)
     recipe = PretrainRecipe(vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, lr=1e-2,
-                            min_lr=1e-3, max_steps=60, eval_every=60, eval_batches=1, threads=1)
+                            min_lr=1e-3, max_steps=60, warmup_steps=3, eval_interval=60, eval_steps=1, threads=1)
     right = pretrain_gpt(recipe, data, device="cpu", progress=False, live_plot=False)
     manual = pretrain_gpt(recipe, data, labels_fn=manual_causal_lm_labels, device="cpu", progress=False,
                           live_plot=False)
@@ -220,13 +220,13 @@ def test_offset_accuracy_closed_form():
 def test_greedy_generate_matches_transformers_and_a_no_cache_loop():
     model = _gpt(T=12)
     prompt = torch.tensor([[3, 17, 42], [9, 9, 100]])
-    ours = generate(model, prompt, max_new_tokens=6, temperature=0)
+    ours = generate(model, prompt, max_new_tokens=6)
     hf = model.to_hf().eval()
     theirs = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
                          pad_token_id=0)
     assert torch.equal(ours, theirs)
     # past n_positions the context is cut to the last 12 tokens: the same as recomputing each step
-    long = generate(model, prompt, max_new_tokens=20, temperature=0)
+    long = generate(model, prompt, max_new_tokens=20, slide_context=True)
     ids = prompt
     with torch.no_grad():
         for _ in range(20):
@@ -237,14 +237,15 @@ def test_greedy_generate_matches_transformers_and_a_no_cache_loop():
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
     model = _gpt()
     prompt = torch.tensor([[1, 2, 3]])
-    a = generate(model, prompt, 8, temperature=1.0, generator=torch.Generator().manual_seed(1))
-    b = generate(model, prompt, 8, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    a = generate(model, prompt, max_new_tokens=8, do_sample=True, seed=1)
+    b = generate(model, prompt, max_new_tokens=8, do_sample=True, seed=1)
     assert torch.equal(a, b) and a.shape == (1, 11) and torch.equal(a[:, :3], prompt)
-    assert torch.equal(generate(model, prompt, 8, top_k=1), generate(model, prompt, 8, temperature=0))
+    assert torch.equal(generate(model, prompt, max_new_tokens=8, do_sample=True, top_k=1),
+                       generate(model, prompt, max_new_tokens=8))
     with pytest.raises(ValueError, match="input_ids"):
-        generate(model, torch.tensor([1, 2]), 3)
+        generate(model, torch.tensor([[[1, 2]]]), max_new_tokens=3)
     with pytest.raises(ValueError, match="temperature"):
-        generate(model, prompt, 3, temperature=-1)
+        complete(model, None, "x", 3, temperature=-1)
 
 
 def test_complete_decodes_only_the_new_tokens(data):
@@ -252,11 +253,11 @@ def test_complete_decodes_only_the_new_tokens(data):
     tok = data.tokenizer
     prompt = "Return the"
     ids = torch.tensor([tok.encode(prompt)])
-    greedy = generate(model, ids, 7, temperature=0)
+    greedy = generate(model, ids, max_new_tokens=7)
     assert complete(model, tok, prompt, 7) == tok.decode(greedy[0, ids.shape[1]:].tolist())
     sampled = [complete(model, tok, prompt, 7, temperature=1.0, top_k=20, seed=s) for s in (1, 1, 2)]
     assert sampled[0] == sampled[1]  # seeded
-    expected = generate(model, ids, 7, temperature=1.0, top_k=20, generator=torch.Generator().manual_seed(2))
+    expected = generate(model, ids, max_new_tokens=7, do_sample=True, temperature=1.0, top_k=20, seed=2)
     assert sampled[2] == tok.decode(expected[0, ids.shape[1]:].tolist())
     # special-token text in a prompt stays text: it is never turned into the control token
     assert tok.special_tokens[EOT] not in tok.encode(EOT, allowed_special="none")

@@ -15,20 +15,23 @@ from hypothesis import strategies as st
 
 from llm_course.core.deps import MissingDependencyError
 from llm_course.models.gpt import GPT, GPTConfig
-from llm_course.nn.quantization import (
-    LIBRARY_METHODS,
+from llm_course.nn.quant_formats import (
     NF4_CODE,
-    Int8Linear,
-    NF4Linear,
-    conv1d_to_linear,
     int8_dequantize,
     int8_quantize,
-    model_size_bytes,
     nf4_bits_per_parameter,
     nf4_code_from_normal_quantiles,
     nf4_dequantize,
     nf4_quantize,
     pack_4bit,
+    unpack_4bit,
+)
+from llm_course.nn.quantization import (
+    LIBRARY_METHODS,
+    Int8Linear,
+    NF4Linear,
+    conv1d_to_linear,
+    model_size_bytes,
     quantization_error,
     quantize_int8,
     quantize_int8_library,
@@ -36,7 +39,6 @@ from llm_course.nn.quantization import (
     quantized_layers,
     quantized_linear_names,
     torchao_available,
-    unpack_4bit,
 )
 
 CONFIG = GPTConfig(vocab_size=101, n_positions=32, n_embd=64, n_layer=2, n_head=4)

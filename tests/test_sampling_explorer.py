@@ -1,4 +1,4 @@
-"""Tests for the sampling explorer (chapter 07, ``llm_course/sampling_explorer.py``).
+"""Tests for the sampling explorer (chapter 07): ``llm_course.viz.distributions`` and the widget.
 
 References, independent of the code under test: the model's logits computed by calling it directly;
 closed forms (softmax(logits / T), torch.topk, the smallest nucleus from sorted probabilities, entropy
@@ -25,21 +25,13 @@ from hypothesis import strategies as st
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from llm_course.infer.generation import (
-    GenerationConfig,
-    generate,
-    next_token_distributions,
-    top_p_filter,
-)
+from llm_course.infer.generation import generate
+from llm_course.infer.logits_processors import GenerationConfig, next_token_distributions, top_p_filter
 from llm_course.models.gpt import GPT, GPTConfig
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
+from llm_course.viz.distributions import STAGES, distributions_figure, entropy
 from llm_course.viz.figures import figure_to_png
-from llm_course.widgets.sampling_explorer import (
-    STAGES,
-    SamplingExplorer,
-    distributions_figure,
-    entropy,
-)
+from llm_course.widgets.sampling_explorer import SamplingExplorer
 
 CORPUS = ("the cat sat on the mat. the dog sat on the log. a cat and a dog met on the mat. "
           "the quick brown fox jumps over the lazy dog. кошка сидит на ковре. ") * 6

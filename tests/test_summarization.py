@@ -13,21 +13,24 @@ from scripted_lm import ScriptedLM  # tests/scripted_lm.py
 from llm_course.apps.summarization import (
     MANUAL_PROMPT,
     TLDR_PROMPT,
-    Seq2SeqCollator,
     SummaryPair,
     _greedy_t5,
     encode_pair,
     lead_baseline,
-    new_summarizer,
     rouge_scores,
-    summarization_tune,
     summarize,
     summary_pairs,
     tldr_summarize,
 )
-from llm_course.infer.generation import _encode_plain
+from llm_course.apps.summarization_tuning import (
+    SUMMARIZATION_TASK,
+    Seq2SeqCollator,
+    new_summarizer,
+    summarization_tune,
+)
 from llm_course.models.gpt import GPT, GPTConfig
 from llm_course.models.t5 import T5, T5Config
+from llm_course.text.encoding import encode_plain
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,10 +170,10 @@ def test_lead_baseline_is_the_first_sentence_of_the_rest(pairs):
 def test_encode_pair_and_collator(tok):
     eos = tok.token_to_id("<|endoftext|>")
     enc = encode_pair(tok, ("a source <|endoftext|> text", "The summary."))
-    assert enc["input_ids"] == _encode_plain(tok, "a source <|endoftext|> text") + [eos]  # typed special = text
-    assert enc["labels"] == _encode_plain(tok, "The summary.") + [eos]
+    assert enc["input_ids"] == encode_plain(tok, "a source <|endoftext|> text") + [eos]  # typed special = text
+    assert enc["labels"] == encode_plain(tok, "The summary.") + [eos]
     cut = encode_pair(tok, SummaryPair("x", "one two three four five six", "t."), max_source_tokens=3)
-    assert cut["input_ids"] == _encode_plain(tok, "one two three four five six")[:2] + [eos]
+    assert cut["input_ids"] == encode_plain(tok, "one two three four five six")[:2] + [eos]
     batch = Seq2SeqCollator(eos)([enc, cut])
     assert batch["input_ids"].shape == (2, len(enc["input_ids"]))
     assert batch["input_ids"][1].tolist() == cut["input_ids"] + [eos] * (len(enc["input_ids"]) - 3)
@@ -288,7 +291,7 @@ def test_summarize_course_t5_equals_its_transformers_twin(tok):
 def test_summarize_truncates_long_sources(tok):
     model = tiny_t5()
     long_text = "word " * 400
-    ids = _encode_plain(tok, long_text)
+    ids = encode_plain(tok, long_text)
     assert len(ids) > 300
     # only the first max_source_tokens - 1 tokens are read: what follows them changes nothing
     a = summarize(model, tok, long_text, max_source_tokens=16)
@@ -333,25 +336,25 @@ def collapsing_tokenizer(tok):
 def test_tldr_takes_the_generated_ids_up_to_eos_and_the_first_line(tok):
     eos = tok.token_to_id("<|endoftext|>")
     answer = " It returns the  sum.\nSecond line"
-    script = _encode_plain(tok, answer) + [eos] + _encode_plain(tok, " never shown")
+    script = encode_plain(tok, answer) + [eos] + encode_plain(tok, " never shown")
     model = ScriptedLM(script, n_positions=384)
     text = "def f(x):  return sum(x)"
     assert tldr_summarize(model, tok, text) == "It returns the  sum."
-    assert model.steps == len(_encode_plain(tok, answer)) + 1  # stopped at the end-of-text id
+    assert model.steps == len(encode_plain(tok, answer)) + 1  # stopped at the end-of-text id
     prompt = model.prompts[0][0].tolist()
-    assert prompt == _encode_plain(tok, text) + _encode_plain(tok, "\n\nTL;DR:")
+    assert prompt == encode_plain(tok, text) + encode_plain(tok, "\n\nTL;DR:")
     assert tok.decode(prompt) == TLDR_PROMPT.format(text=text)
 
 
 def test_tldr_does_not_slice_the_decoded_prompt(tok):
     eos = tok.token_to_id("<|endoftext|>")
-    script = _encode_plain(tok, " Adds  two numbers.") + [eos]
+    script = encode_plain(tok, " Adds  two numbers.") + [eos]
     collapsing = collapsing_tokenizer(tok)
     text = "def add(a,  b):    return a + b"  # double spaces: the tokenizer's decode() changes them
     ours = tldr_summarize(ScriptedLM(script, n_positions=384), collapsing, text, prompt=MANUAL_PROMPT)
     assert ours == "Adds two numbers."  # = decode(the generated ids), tidied by this tokenizer
     prompt = MANUAL_PROMPT.format(text=text)
-    full = collapsing.decode(_encode_plain(tok, prompt) + script[:-1])
+    full = collapsing.decode(encode_plain(tok, prompt) + script[:-1])
     assert full[len(prompt):].strip() != ours  # the manual's decode(outputs[0])[len(prompt):] cuts elsewhere
 
 
@@ -361,9 +364,9 @@ def test_tldr_cuts_long_texts_at_their_end_keeping_the_cue(tok):
     text = "The lead sentence matters. " + "filler words " * 100
     assert tldr_summarize(model, tok, [text], max_new_tokens=10) == [""]
     prompt = model.prompts[0][0].tolist()
-    tail = _encode_plain(tok, "\n\nTL;DR:")
+    tail = encode_plain(tok, "\n\nTL;DR:")
     assert len(prompt) == 64 - 10 and prompt[-len(tail):] == tail
-    assert prompt[: -len(tail)] == _encode_plain(tok, text)[: 64 - 10 - len(tail)]
+    assert prompt[: -len(tail)] == encode_plain(tok, text)[: 64 - 10 - len(tail)]
     with pytest.raises(ValueError, match="no room"):
         tldr_summarize(model, tok, [text], max_new_tokens=60)
 
@@ -399,20 +402,21 @@ def test_train_checkpoint_makes_a_summarizer_that_reloads_and_rescores(tmp_path)
 
     from llm_course.zoo import build, loading
 
-    out = build.train_checkpoint("course-t5-sum", tmp_path / "t5", progress=False, steps=2, batch_size=4,
-                               eval_examples=8, threads=None, d_model=32, num_layers=1, d_ff=64, num_heads=2,
-                               init_embeddings=False)
+    out = build.train_checkpoint("course-t5-sum", tmp_path / "t5", task=SUMMARIZATION_TASK, progress=False, steps=2,
+                                 batch_size=4, eval_examples=8, threads=None, d_model=32, num_layers=1, d_ff=64,
+                                 num_heads=2, init_embeddings=False)
     recipe = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert recipe["hf_class"] == "T5ForConditionalGeneration" and recipe["steps"] == 2
     assert set(metrics["rouge_test"]["model"]) == {"rouge1", "rouge2", "rougeL"}
     model, tok = loading.load_pretrained(out)
     assert isinstance(model, T5)
-    assert build.evaluate_checkpoint(out)["abs_diff"] < 1e-4
+    assert build.evaluate_checkpoint(out, task=SUMMARIZATION_TASK)["abs_diff"] < 1e-4
     sample = metrics["samples"][0]
     assert summarize(model, tok, [sample["source"]]) == [sample["summary"]]
     with pytest.raises(ValueError, match="unknown summarization recipe options"):
-        build.train_checkpoint("course-t5-sum", tmp_path / "never", progress=False, steps=1, d_modle=32)
+        build.train_checkpoint("course-t5-sum", tmp_path / "never", task=SUMMARIZATION_TASK, progress=False, steps=1,
+                               d_modle=32)
 
 
 def test_shipped_summarizer_reproduces_its_metrics():
@@ -425,7 +429,7 @@ def test_shipped_summarizer_reproduces_its_metrics():
     if not (folder / "config.json").is_file():
         pytest.skip("course-t5-sum is not shipped: llm-course zoo train course-t5-sum --out " + str(folder))
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    assert build.evaluate_checkpoint("course-t5-sum")["abs_diff"] < 1e-4
+    assert build.evaluate_checkpoint("course-t5-sum", task=SUMMARIZATION_TASK)["abs_diff"] < 1e-4
     test = summary_pairs("test")
     lead = rouge_scores([lead_baseline(p.source) for p in test], [p.target for p in test])
     assert abs(100 * lead["rougeL"] - metrics["rouge_test"]["lead_baseline"]["rougeL"]) < 0.01

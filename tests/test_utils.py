@@ -56,7 +56,8 @@ def test_seed_everything_makes_cpu_runs_bitwise_identical():
     assert a_losses != c_losses
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, "1", True])
-def test_bad_seed(bad):
-    with pytest.raises(ValueError, match="seed"):
+@pytest.mark.parametrize(("bad", "error"), [(-1, ValueError), (1.5, TypeError), ("1", TypeError), (True, TypeError)])
+def test_bad_seed(bad, error):
+    # a value out of range is a ValueError, a wrong type (a bool included) a TypeError
+    with pytest.raises(error, match="seed must be a non-negative integer"):
         seed_everything(bad)

@@ -20,10 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_course.core import paths
+from llm_course.infer.generation import generate
 from llm_course.models.bert import BERT
 from llm_course.models.gpt import GPT
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
-from llm_course.train.pretraining import generate
+from llm_course.train.recipe import PretrainRecipe
 from llm_course.zoo import build, loading, recipes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,13 +80,14 @@ def _read(folder: Path, name: str) -> dict:
 def test_registry_has_the_pretrained_and_tuned_recipes():
     assert {"course-gpt", "course-bert", "course-gpt-chat"} <= set(recipes.ZOO)
     assert recipes.ZOO["course-gpt"].kind == "causal-lm" and recipes.ZOO["course-bert"].kind == "masked-lm"
-    assert isinstance(recipes.ZOO["course-gpt-chat"], recipes.TunedRecipe) and recipes.ZOO["course-gpt-chat"].base == "course-gpt"
+    chat = recipes.ZOO["course-gpt-chat"]
+    assert isinstance(chat, recipes.TunedRecipe) and chat.base == "course-gpt"
     for recipe in recipes.ZOO.values():
         if isinstance(recipe, recipes.TunedRecipe):
-            assert recipe.base in recipes.ZOO and isinstance(recipes.ZOO[recipe.base], recipes.ZooRecipe)
+            assert recipe.base in recipes.ZOO and isinstance(recipes.ZOO[recipe.base], PretrainRecipe)
     assert set(loading.shipped_names()) <= set(recipes.ZOO)
     with pytest.raises(ValueError, match="kind"):
-        recipes.ZooRecipe(name="x", kind="seq2seq", description="")
+        PretrainRecipe(name="x", kind="seq2seq", description="")
     with pytest.raises(ValueError, match="divisible"):
         recipes.ZOO["course-gpt"].replace(n_head=7)
 
@@ -110,6 +112,10 @@ def test_shipped_recipe_json_matches_the_registry_and_is_complete(name):
     folder = _shipped(name)
     recipe = _read(folder, "recipe.json")
     assert recipe["recipe"] == dataclasses.asdict(recipes.ZOO[name])  # what is shipped is what the zoo says
+    assert PretrainRecipe(**recipe["recipe"]) == recipes.ZOO[name]  # and it rebuilds the recipe, field for field
+    config = recipes.ZOO[name].model_config(recipe["model_config"]["vocab_size"])
+    assert recipe["model_config"] == dataclasses.asdict(config)  # the shape made the shipped model's config
+    assert loading.read_recipe(name) == recipe and loading.read_metrics(name) == _read(folder, "metrics.json")
     for key in ("seed", "torch", "transformers", "train_seconds", "wall_seconds", "data", "parameters", "steps"):
         assert key in recipe, key
     assert recipe["steps"] == recipes.ZOO[name].max_steps
@@ -183,8 +189,8 @@ def test_gpt_greedy_continuation_is_deterministic_english_and_matches_transforme
     model, tok = gpt
     recorded = _read(gpt_dir, "metrics.json")["greedy_sample"]
     prompt = torch.tensor([tok.encode(recorded["prompt"])])
-    a = generate(model, prompt, recorded["max_new_tokens"], temperature=0)
-    b = generate(model, prompt, recorded["max_new_tokens"], temperature=0)
+    a = generate(model, prompt, max_new_tokens=recorded["max_new_tokens"])  # greedy
+    b = generate(model, prompt, max_new_tokens=recorded["max_new_tokens"])
     assert torch.equal(a, b)
     text = tok.decode(a[0, prompt.shape[1]:].tolist())
     assert text == recorded["continuation"]
@@ -265,7 +271,7 @@ def test_bert_loads_both_ways_with_equal_logits_and_reproduces_its_metrics(bert_
 
 
 def test_bert_fills_a_mask_with_a_plausible_word(bert_dir):
-    from llm_course.train.pretraining import fill_mask
+    from llm_course.train.masked_lm import fill_mask
 
     model, tok = loading.load_pretrained("course-bert")
     guesses = fill_mask(model, tok, "Return True if the object is an instance of the class.", " the", k=5)
@@ -278,7 +284,8 @@ def test_bert_fills_a_mask_with_a_plausible_word(bert_dir):
 
 
 def test_unknown_zoo_name_lists_the_zoo():
-    with pytest.raises(ValueError, match=r"unknown zoo checkpoint 'course-gtp'.*Did you mean 'course-gpt'.*course-bert"):
+    unknown = r"unknown zoo checkpoint 'course-gtp'.*Did you mean 'course-gpt'.*course-bert"
+    with pytest.raises(ValueError, match=unknown):
         loading.load_pretrained("course-gtp")
     with pytest.raises(ValueError, match="kind must be one of"):
         loading.load_pretrained("course-gpt", kind="seq2seq")

@@ -31,17 +31,20 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llm_course.infer.generation import context_length, sequence_logprob
+from llm_course.infer.generation import generate, sequence_logprob
 from llm_course.models.intro import mean_pool
+from llm_course.models.modeling import context_length
 from llm_course.text.corpora import train_val_split
+from llm_course.text.encoding import encode_plain
 from llm_course.text.tasks import LabeledText, topic_dataset
 
 __all__ = [
@@ -94,16 +97,6 @@ def _check_text(text: Any, what: str = "text") -> str:
     return text
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens, for the course tokenizer or a transformers one."""
-    try:
-        ids = tokenizer.encode(text, add_special_tokens=False)  # transformers: no [CLS]/<bos> added
-    except TypeError:
-        ids = tokenizer.encode(text)  # the course's ByteLevelBPETokenizer adds nothing
-    ids = getattr(ids, "ids", ids)  # a tokenizers.Encoding
-    return [int(i) for i in ids]
-
-
 def build_prompt(text: str, template: str = DEFAULT_TEMPLATE,
                  few_shot: Sequence[tuple[str, str]] = ()) -> str:
     """The prompt ``label_scores`` continues: completed few-shot examples, then ``text``. Chapter 08.
@@ -134,8 +127,8 @@ def _prompt_and_labels(tokenizer: Any, prompt: str, labels: list[str]) -> tuple[
     """
     stripped = prompt.rstrip()
     gap = prompt[len(stripped):]
-    prompt_ids = _encode(tokenizer, stripped)
-    label_ids = [_encode(tokenizer, gap + label) for label in labels]
+    prompt_ids = encode_plain(tokenizer, stripped)
+    label_ids = [encode_plain(tokenizer, gap + label) for label in labels]
     if not prompt_ids:
         raise ValueError("the prompt encodes to no tokens; check the template and the tokenizer")
     for label, ids in zip(labels, label_ids):
@@ -215,15 +208,13 @@ def classify_by_generation(model: nn.Module, tokenizer: Any, texts: Sequence[str
     room for ``max_new_tokens``. ``manual_parse_label`` then looks for a label: None when the model
     named none, which ``classification_report`` counts as wrong (``"invalid"``).
     """
-    from llm_course.infer.generation import generate
-
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings; wrap a single text in a list")
     labels = _check_labels(labels)
     limit = context_length(model)
     out: list[str | None] = []
     for text in texts:
-        ids = _encode(tokenizer, template.format(labels=", ".join(labels), text=_check_text(text)))
+        ids = encode_plain(tokenizer, template.format(labels=", ".join(labels), text=_check_text(text)))
         if limit is not None:
             ids = ids[-(limit - max_new_tokens):]
         generated = generate(model, torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False)
@@ -395,7 +386,7 @@ def _load_encoder(path: str | None) -> tuple[nn.Module, Any]:
     return encoder.model, encoder.tokenizer
 
 
-def _pool(model: "EncoderClassifier", texts: Sequence[str]) -> torch.Tensor:
+def _pool(model: EncoderClassifier, texts: Sequence[str]) -> torch.Tensor:
     """(B, d) masked-mean embeddings of ``texts`` (not normalised), cut to ``model.max_length`` tokens."""
     batch = model.tokenizer(list(texts), padding=True, truncation=True, max_length=model.max_length,
                             return_tensors="pt")

@@ -24,8 +24,9 @@ Three summarisers:
 * ``lead_baseline(source)``: the first sentence of the body.
 * ``summarize``: a sequence-to-sequence model, chapter 02's ``T5`` (greedy decoding with the key/value
   cache; the encoder runs once) or any transformers seq2seq model (``T5ForConditionalGeneration``; a
-  Hub T5 such as ``google-t5/t5-small`` wants ``prefix="summarize: "``). ``train_summarizer`` trains a
-  small course T5 from scratch on the train split (the ``course-t5-sum`` recipe).
+  Hub T5 such as ``google-t5/t5-small`` wants ``prefix="summarize: "``). ``train_summarizer``
+  (``llm_course.apps.summarization_tuning``) trains a small course T5 from scratch on the train split
+  (the ``course-t5-sum`` recipe).
 * ``tldr_summarize``: a causal LM continues ``"{text}\\n\\nTL;DR:"`` (``TLDR_PROMPT``, the GPT-2 paper's
   zero-shot trick) or the manual's Russian prompt (``MANUAL_PROMPT``).
 
@@ -60,8 +61,8 @@ references.
 
 Notebook use::
 
-    from llm_course.apps.summarization import (summary_pairs, lead_baseline, rouge_scores, train_summarizer,
-                                          summarize, tldr_summarize)
+    from llm_course.apps.summarization import summary_pairs, lead_baseline, rouge_scores, summarize, tldr_summarize
+    from llm_course.apps.summarization_tuning import train_summarizer
     from llm_course.zoo.loading import load_pretrained
 
     test = summary_pairs("test")
@@ -77,20 +78,21 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from llm_course.infer.generation import _encode_plain, context_length, generate
-from llm_course.models.t5 import T5, T5Config
+from llm_course.core.runtime import eval_mode
+from llm_course.infer.generation import generate
+from llm_course.models.modeling import context_length
+from llm_course.models.t5 import T5
 from llm_course.text.corpora import docs_documents, first_sentence
-from llm_course.train.instruct import IGNORE_INDEX, eos_token_id, tune_encoded
-from llm_course.train.loop import TrainResult
+from llm_course.text.encoding import encode_plain
+from llm_course.train.instruct import eos_token_id
 
 __all__ = [
     "SummaryPair",
@@ -98,18 +100,11 @@ __all__ = [
     "lead_baseline",
     "ROUGE_TYPES",
     "rouge_scores",
-    "new_summarizer",
     "encode_pair",
-    "Seq2SeqCollator",
-    "summarization_tune",
     "summarize",
     "TLDR_PROMPT",
     "MANUAL_PROMPT",
     "tldr_summarize",
-    "train_summarizer",
-    "held_out_loss",
-    "tune",
-    "measure",
 ]
 
 SUMMARY_TEST_SHARE = 10  # one entry in SUMMARY_TEST_SHARE (by a hash of its name) is held out
@@ -307,69 +302,13 @@ def rouge_scores(
 
 
 # --------------------------------------------------------------------------------------------
-# 3. A small course T5 for the course tokenizer
-# --------------------------------------------------------------------------------------------
-
-
-def _vocab_size(tokenizer: Any) -> int:
-    size = getattr(tokenizer, "vocab_size", None)
-    size = size() if callable(size) else size
-    return int(len(tokenizer) if hasattr(tokenizer, "__len__") else size)
-
-
-def new_summarizer(
-    tokenizer: Any,
-    *,
-    d_model: int = 160,
-    num_layers: int = 3,
-    num_decoder_layers: int | None = None,
-    num_heads: int = 4,
-    d_ff: int = 512,
-    dropout_rate: float = 0.1,
-    embeddings_from: nn.Module | None = None,
-    seed: int = 0,
-) -> T5:
-    """A freshly initialised course ``T5`` for ``tokenizer``. Chapter 08 (applications).
-
-    pad = eos = decoder start = the tokenizer's end-of-text id (the course tokenizer has one special
-    token, ``<|endoftext|>``; transformers' T5 also starts the decoder with its pad token). d_kv =
-    d_model / num_heads, relu feed-forward (T5 v1.0). ``embeddings_from``: a model whose input token
-    embedding (``get_input_embeddings()`` or ``wte``: course-gpt's is 4096 x 160) initialises the
-    shared embedding, rescaled to T5's std of 1 (then d_model must match it).
-    """
-    eos = eos_token_id(tokenizer)
-    if d_model % num_heads:
-        raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
-    config = T5Config(
-        vocab_size=_vocab_size(tokenizer), d_model=d_model, d_kv=d_model // num_heads, d_ff=d_ff,
-        num_layers=num_layers, num_decoder_layers=num_decoder_layers, num_heads=num_heads,
-        dropout_rate=dropout_rate, pad_token_id=eos, eos_token_id=eos, decoder_start_token_id=eos,
-    )
-    torch.manual_seed(seed)
-    model = T5(config)
-    if embeddings_from is not None:
-        table = embeddings_from.get_input_embeddings() if hasattr(embeddings_from, "get_input_embeddings") \
-            else getattr(embeddings_from, "wte", None)
-        if not isinstance(table, nn.Embedding):
-            raise TypeError(f"embeddings_from must have a token embedding (get_input_embeddings() or .wte), "
-                            f"got {type(embeddings_from).__name__}")
-        weight = table.weight.detach().float()
-        if tuple(weight.shape) != tuple(model.shared.weight.shape):
-            raise ValueError(f"embeddings_from has a {tuple(weight.shape)} embedding, this T5 needs "
-                             f"{tuple(model.shared.weight.shape)} (vocab_size, d_model)")
-        with torch.no_grad():
-            model.shared.weight.copy_(weight / weight.std())  # T5 initialises its embedding with std 1
-    return model
-
-
-# --------------------------------------------------------------------------------------------
-# 4. Training: source tokens in, summary tokens + end-of-text out
+# 3. Encoding a pair: source tokens in, summary tokens + end-of-text out
 # --------------------------------------------------------------------------------------------
 
 
 def _source_ids(tokenizer: Any, text: str, max_source_tokens: int, prefix: str = "") -> list[int]:
     """``prefix + text`` as plain-text ids, cut to its first max_source_tokens - 1, then end-of-text (T5's ``</s>``)."""
-    ids = _encode_plain(tokenizer, prefix + text)
+    ids = encode_plain(tokenizer, prefix + text)
     return ids[: max_source_tokens - 1] + [eos_token_id(tokenizer)]
 
 
@@ -394,68 +333,11 @@ def encode_pair(
     _check_text(target, "the target")
     input_ids = _source_ids(tokenizer, source, max_source_tokens)
     return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids),
-            "labels": _encode_plain(tokenizer, target) + [eos_token_id(tokenizer)]}
-
-
-class Seq2SeqCollator:
-    """Pads encoded pairs into a batch, on the right. Chapter 08 (applications).
-
-    Unlike a causal LM's examples, the source and the target differ in length: ``input_ids`` /
-    ``attention_mask`` are padded to the longest source (pad id / 0), ``labels`` to the longest target
-    with -100 (no loss on padding).
-    """
-
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = _check_positive("pad_token_id", pad_token_id, 0)
-
-    def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("cannot collate an empty list of pairs")
-
-        def pad(key: str, value: int) -> torch.Tensor:
-            width = max(len(f[key]) for f in features)
-            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features], dtype=torch.long)
-
-        return {"input_ids": pad("input_ids", self.pad_token_id), "attention_mask": pad("attention_mask", 0),
-                "labels": pad("labels", IGNORE_INDEX)}
-
-
-def summarization_tune(
-    model: nn.Module,
-    tokenizer: Any,
-    pairs: Sequence[SummaryPair | tuple[str, str]],
-    steps: int = 300,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    *,
-    eval_pairs: Sequence[SummaryPair | tuple[str, str]] | None = None,
-    max_source_tokens: int = MAX_SOURCE_TOKENS,
-    seed: int = 0,
-    **train_config: Any,
-) -> TrainResult:
-    """Train a seq2seq ``model`` (course ``T5`` or transformers') to write the targets. Chapter 08 (applications).
-
-    Each pair is ``encode_pair``-ed; ``steps`` AdamW updates on shuffled batches of ``batch_size``
-    (``Seq2SeqCollator``) with ``training.train``: 10% warmup, cosine decay to ``lr / 10``, no weight
-    decay. ``eval_pairs``: held-out pairs whose summary loss is measured every ``eval_interval`` steps
-    (default: once, at the end). Other ``TrainConfig`` fields by name (``progress=False``...). Returns
-    the ``TrainResult``; the model is left in eval mode.
-    """
-    _check_positive("steps", steps)
-    _check_positive("batch_size", batch_size)
-    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not pairs:
-        raise ValueError("pairs must be a non-empty list of SummaryPair (or (source, target) tuples)")
-    encoded = [encode_pair(tokenizer, p, max_source_tokens) for p in pairs]
-    held_out = None
-    if eval_pairs is not None:
-        held_out = [encode_pair(tokenizer, p, max_source_tokens) for p in eval_pairs]
-    eos = eos_token_id(tokenizer)
-    return tune_encoded(model, encoded, eos, steps, batch_size, lr, eval_encoded=held_out, seed=seed,
-                        collate=Seq2SeqCollator(eos), **train_config)
+            "labels": encode_plain(tokenizer, target) + [eos_token_id(tokenizer)]}
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Summarising with a seq2seq model
+# 4. Summarising with a seq2seq model
 # --------------------------------------------------------------------------------------------
 
 
@@ -532,10 +414,8 @@ def summarize(
         raise TypeError(f"{type(model).__name__} is not an encoder-decoder model; for a causal LM use tldr_summarize")
     eos = eos_token_id(tokenizer)
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     summaries = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(texts), batch_size):
             rows = [_source_ids(tokenizer, t, max_source_tokens, prefix) for t in texts[start: start + batch_size]]
             width = max(len(r) for r in rows)
@@ -548,13 +428,11 @@ def summarize(
                                      num_beams=1, do_sample=False, eos_token_id=eos)
                 generated = out[:, 1:]  # the first column is the decoder start token, not generated
             summaries += [_decode_until_eos(tokenizer, row, eos).strip() for row in generated.tolist()]
-    finally:
-        model.train(was_training)
     return summaries[0] if single else summaries
 
 
 # --------------------------------------------------------------------------------------------
-# 6. Summarising with a causal LM: "TL;DR:"
+# 5. Summarising with a causal LM: "TL;DR:"
 # --------------------------------------------------------------------------------------------
 
 TLDR_PROMPT = "{text}\n\nTL;DR:"
@@ -589,8 +467,8 @@ def tldr_summarize(
     if not isinstance(prompt, str) or prompt.count("{text}") != 1:
         raise ValueError(f"prompt must contain '{{text}}' exactly once, got {prompt!r}")
     head, tail = prompt.split("{text}")
-    head_ids = _encode_plain(tokenizer, head) if head else []
-    tail_ids = _encode_plain(tokenizer, tail) if tail else []
+    head_ids = encode_plain(tokenizer, head) if head else []
+    tail_ids = encode_plain(tokenizer, tail) if tail else []
     eos = eos_token_id(tokenizer)
     limit = context_length(model)
     budget = None
@@ -603,7 +481,7 @@ def tldr_summarize(
     device = next(model.parameters()).device
     summaries = []
     for start in range(0, len(texts), batch_size):
-        rows = [head_ids + _encode_plain(tokenizer, t)[:budget] + tail_ids for t in texts[start: start + batch_size]]
+        rows = [head_ids + encode_plain(tokenizer, t)[:budget] + tail_ids for t in texts[start: start + batch_size]]
         width = max(len(r) for r in rows)
         input_ids = torch.tensor([[eos] * (width - len(r)) + r for r in rows], device=device)  # left-padded
         attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
@@ -613,118 +491,3 @@ def tldr_summarize(
             text = _decode_until_eos(tokenizer, row, eos).lstrip()
             summaries.append(text.split("\n", 1)[0].strip())
     return summaries[0] if single else summaries
-
-
-# --------------------------------------------------------------------------------------------
-# 7. The course-t5-sum recipe
-# --------------------------------------------------------------------------------------------
-
-
-def train_summarizer(
-    steps: int = 300,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    *,
-    d_model: int = 160,
-    num_layers: int = 3,
-    num_heads: int = 4,
-    d_ff: int = 512,
-    dropout_rate: float = 0.1,
-    init_embeddings: bool = True,
-    max_source_tokens: int = MAX_SOURCE_TOKENS,
-    seed: int = 0,
-    progress: bool = True,
-    base: str = "course-gpt",
-    **train_config: Any,
-) -> tuple[T5, Any, TrainResult]:
-    """Train the ``course-t5-sum`` summariser from scratch: ``(model, tokenizer, result)``. Chapter 08.
-
-    A course ``T5`` (``new_summarizer``) with course-gpt's tokenizer, trained with
-    ``summarization_tune`` on ``summary_pairs("train")``, its summary loss measured on
-    ``summary_pairs("test")`` at the end. ``init_embeddings``: start the shared embedding from
-    course-gpt's token embeddings (d_model must be 160). The defaults are the recipe measured in this
-    module's docstring: a 2.6 M-parameter T5 (3 + 3 layers, d_model 160, 4 heads, d_ff 512), 300 steps
-    of 32 pairs at lr 3e-3 (10% warmup, cosine to 3e-4), sources cut to 64 tokens; 327 s of CPU time on
-    one thread (886 s wall on a machine shared with other jobs, load average about 8), held-out loss
-    4.84. The model is returned in eval mode, on the CPU.
-    """
-    from llm_course.zoo.loading import load_pretrained
-
-    gpt, tokenizer = load_pretrained(base)
-    model = new_summarizer(tokenizer, d_model=d_model, num_layers=num_layers, num_heads=num_heads, d_ff=d_ff,
-                           dropout_rate=dropout_rate, embeddings_from=gpt if init_embeddings else None, seed=seed)
-    result = summarization_tune(model, tokenizer, summary_pairs("train"), steps, batch_size, lr,
-                                eval_pairs=summary_pairs("test"), max_source_tokens=max_source_tokens, seed=seed,
-                                progress=progress, **train_config)
-    return model.cpu().eval(), tokenizer, result
-
-
-# --------------------------------------------------------------------------------------------
-# 8. The shipped summarizer: course-t5-sum (made by ``llm-course zoo train course-t5-sum``)
-# --------------------------------------------------------------------------------------------
-
-_TUNE_OPTIONS = {"d_model": 160, "num_layers": 3, "num_heads": 4, "d_ff": 512, "dropout_rate": 0.1,
-                 "init_embeddings": True, "max_source_tokens": 64}
-
-
-def _options(recipe: Any) -> dict[str, Any]:
-    unknown = sorted(set(recipe.options) - set(_TUNE_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown summarization recipe options {unknown}; the task takes {sorted(_TUNE_OPTIONS)}")
-    return {**_TUNE_OPTIONS, **recipe.options}
-
-
-@torch.no_grad()
-def held_out_loss(model: nn.Module, tokenizer: Any, recipe: Any) -> float:
-    """Mean loss per summary token (end-of-text included) on held-out pairs. Chapter 08 (applications).
-
-    The first ``recipe.eval_examples`` of ``summary_pairs("test")``: what course-t5-sum's metrics.json
-    records and ``llm-course zoo eval`` re-scores.
-    """
-    options = _options(recipe)
-    encoded = [encode_pair(tokenizer, p, options["max_source_tokens"])
-               for p in summary_pairs("test")[: recipe.eval_examples]]
-    collate = Seq2SeqCollator(eos_token_id(tokenizer))
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(encoded), 32):
-        batch = collate(encoded[i : i + 32])
-        n = int((batch["labels"] != IGNORE_INDEX).sum())
-        total += float(model(**batch).loss) * n
-        count += n
-    return total / count
-
-
-def tune(recipe: Any, progress: bool = True, callbacks: Sequence[Any] | None = None) -> tuple[nn.Module, Any, dict]:
-    """Make the model of a summarization ``zoo.TunedRecipe`` (course-t5-sum). Chapter 08 (applications).
-
-    ``train_summarizer`` with the recipe's steps, batch size, learning rate, seed and options; the base's
-    tokenizer (and token embeddings). Returns ``(model, tokenizer, info)`` for ``zoo.train_checkpoint``.
-    """
-    options = _options(recipe)
-    t0 = time.perf_counter()
-    model, tokenizer, result = train_summarizer(recipe.steps, recipe.batch_size, recipe.lr, seed=recipe.seed,
-                                                progress=progress, base=recipe.base, callbacks=callbacks,
-                                                **options)
-    data = {"train": "summary_pairs('train'): a docs entry's title + body without its first sentence -> that "
-                     "sentence", "train_pairs": len(summary_pairs("train")), "test_pairs": len(summary_pairs("test")),
-            "held_out": f"the first {recipe.eval_examples} of summary_pairs('test') (1 entry in "
-                        f"{SUMMARY_TEST_SHARE}, by hash)"}
-    return model, tokenizer, {"result": result, "train_seconds": time.perf_counter() - t0, "data": data,
-                              "metrics": {"train_loss_last_50": sum(result.losses[-50:]) / len(result.losses[-50:])}}
-
-
-def measure(model: nn.Module, tokenizer: Any, recipe: Any) -> dict[str, Any]:
-    """metrics.json of a summarizer: held-out loss, ROUGE on the whole test split vs the lead baseline."""
-    options = _options(recipe)
-    test = summary_pairs("test")
-    references = [p.target for p in test]
-    predictions = summarize(model, tokenizer, [p.source for p in test], max_source_tokens=options["max_source_tokens"])
-    scale = lambda scores: {k: round(100 * v, 2) for k, v in scores.items()}  # noqa: E731
-    return {"held_out": {"loss": held_out_loss(model, tokenizer, recipe),
-                         "what": "mean loss per summary token on held-out pairs (held_out_loss)"},
-            "rouge_test": {"pairs": len(test), "what": "mean F1 x 100, rouge-score's default tokenizer",
-                           "model": scale(rouge_scores(predictions, references)),
-                           "lead_baseline": scale(rouge_scores([lead_baseline(p.source) for p in test], references))},
-            "samples": [{"source": p.source, "target": p.target, "summary": s}
-                        for p, s in zip(test[:3], predictions[:3])]}

@@ -1,22 +1,21 @@
-"""Offline data for the whole course: English prose, dialogs and checkable synthetic tasks.
+"""Optional dependencies: import a package the course can live without, or say how to install it. Chapter 01.
 
-Split from the former ``llm_course.data``; see the package docstring."""
+The course runs on torch, transformers and a few small packages; others (ray, wandb, peft, torchao,
+chatterbot-corpus, ...) are needed by one section each. ``require("wandb")`` imports such a package or
+raises ``MissingDependencyError``, an ``ImportError`` whose message is the exact fix
+(``wandb is not installed: pip install wandb``), so a notebook can catch it and skip that section.
+"""
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
-__all__ = ['MissingDependencyError', 'require']
-
-
-# ----------------------------------------------------------------------------------------
-# Errors and small shared helpers
-# ----------------------------------------------------------------------------------------
+__all__ = ["MissingDependencyError", "require"]
 
 
 class MissingDependencyError(ModuleNotFoundError):
-    """An optional package the course needs is not installed. Chapter 01 (data).
+    """An optional package the course needs is not installed. Chapter 01.
 
     It is a ``ModuleNotFoundError`` (hence an ``ImportError``), so ``except ImportError``
     catches it, and its message is the exact command that fixes it, e.g.

@@ -1,7 +1,11 @@
-"""Small utilities every chapter uses: device choice and reproducible seeding.
+"""Where the code runs and how it starts: device choice, seeds, eval mode, batches on the device.
 
-Chapter 01 (setting up). A notebook calls ``get_device()`` once and ``seed_everything(SEED)``
-before anything random happens; with the same seed a CPU run is bitwise reproducible.
+The lowest layer's runtime helpers, used from chapter 01 on. A notebook calls ``get_device()`` once and
+``seed_everything(SEED)`` before anything random happens; with the same seed a CPU run is bitwise
+reproducible. Every module that measures a model (a held-out loss, generation, attention maps) runs it
+under ``with eval_mode(model):`` (dropout off, the previous train/eval state of every submodule restored
+afterwards), finds the model's device with ``module_device`` and moves a batch there with ``to_device``.
+``quiet_loading`` hides transformers' progress bar while a local checkpoint loads.
 """
 
 from __future__ import annotations
@@ -9,12 +13,17 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-__all__ = ["get_device", "seed_everything", "describe_device"]
+from llm_course.core.checks import check_int
+
+__all__ = ["get_device", "seed_everything", "describe_device", "quiet_loading", "quiet_transformers", "eval_mode",
+           "train_mode", "module_device", "to_device"]
 
 _VALID_DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -36,6 +45,25 @@ def quiet_loading(local: bool = True) -> Iterator[None]:
     finally:
         if quiet:
             hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' informational warnings for a block (errors still show). Chapter 05.
+
+    While the ``Trainer`` runs on a GPT-2-style model they are all benign: the pad token set on the
+    tokenizer is copied into the config ("new PAD/BOS/EOS tokens"), ``loss_type=None`` means the default
+    causal-LM loss, and the tied ``lm_head`` is stored once, so reloading the best checkpoint reports it
+    "missing". Also a decorator: ``@quiet_transformers()``.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def get_device(preference: str | torch.device | None = "auto") -> torch.device:
@@ -84,8 +112,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> int:
     (``warn_only`` so that an op without a deterministic version warns instead of failing);
     on the CPU this makes two runs with the same seed bitwise identical. Returns the seed.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_int("seed", seed, minimum=0)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -111,3 +138,70 @@ def describe_device(device: torch.device | None = None) -> str:
     if device.type == "mps":
         return "mps: Apple GPU (Metal)"
     return f"cpu: {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads"
+
+
+# --------------------------------------------------------------------------------------------
+# A model in eval mode, a batch on the model's device
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _module_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    """Set ``model`` to train (True) or eval (False) mode for a block; then every submodule's own mode back."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    modes = [(module, module.training) for module in model.modules()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for module, was_training in modes:
+            module.training = was_training  # the flag itself: module.train() would also set the children
+
+
+def eval_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Run a block with ``model`` in eval mode, then restore every submodule's own mode. Chapter 04.
+
+    ``with eval_mode(model): loss = model(**batch).loss`` switches dropout off for the block. Afterwards
+    (also when the block raises) each submodule gets back exactly the ``training`` flag it had before,
+    so a model with some parts frozen in eval mode (e.g. a LoRA base) is left as it was; a plain
+    ``model.train(was_training)`` would set every submodule to the top module's mode. Gradients are
+    not switched off: add ``torch.no_grad()`` where none are needed. Yields the model.
+    """
+    return _module_mode(model, False)
+
+
+def train_mode(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Run a block with ``model`` in train mode, then restore every submodule's own mode. Chapter 06.
+
+    The twin of ``eval_mode``, for code that trains or measures a training step on a model it was
+    handed (``finetuning_costs.measure_finetuning``, ``practices.activation_memory``) and must give
+    it back in the mode it came in. Yields the model.
+    """
+    return _module_mode(model, True)
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device of a model's first parameter (its buffers' if it has none, else the CPU). Chapter 04.
+
+    Where the batches for ``model`` must go: ``to_device(batch, module_device(model))``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(batch: Any, device: torch.device | str, what: str = "the batch") -> dict[str, Any]:
+    """Check that a batch is a dict of the model's keyword arguments and move its tensors to ``device``. Chapter 04.
+
+    ``batch``: e.g. ``{"input_ids": (B, T), "labels": (B, T)}``; it must hold ``input_ids``. Values that
+    are not tensors are kept as they are. ``what`` names the batch in the error message, e.g.
+    ``"get_batch(3)"``. Returns a new dict; the input is not changed.
+    """
+    if not isinstance(batch, Mapping) or "input_ids" not in batch:
+        got = f"a dict with keys {sorted(batch)}" if isinstance(batch, Mapping) else type(batch).__name__
+        raise TypeError(f"{what} must be a dict like {{'input_ids': ..., 'labels': ...}} (the model's keyword "
+                        f"arguments), got {got}")
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -8,8 +8,8 @@ The path here::
     ort_model = OnnxCausalLM(path)                 # an onnxruntime.InferenceSession + checks
     logits = ort_model(input_ids)                  # (B, T, V), any B and any T <= n_positions
     check_onnx_logits(model, ort_model, input_ids) # max |difference| from PyTorch, must be <= 1e-4
-    ids = ort_model.generate(input_ids, 20)        # greedy decoding, the same ids as
-                                                   # llm_course.train.pretraining.generate(model, ids, 20, temperature=0)
+    ids = ort_model.generate(input_ids, 20)        # greedy decoding, the same ids as llm_course.infer.generation
+                                                   # .generate(model, ids, max_new_tokens=20, slide_context=True)
     quantize_onnx_int8(path, "gpt-int8.onnx")      # ONNX Runtime's own dynamic int8 quantization
 
 The exported graph has no KV cache (inputs and outputs would need every layer's keys and values with
@@ -63,7 +63,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_choice, check_int, check_positive_int
 from llm_course.core.deps import MissingDependencyError, require
+from llm_course.core.runtime import eval_mode
 from llm_course.models.gpt import GPT
 
 __all__ = [
@@ -143,37 +145,41 @@ def export_onnx(
     if example_input_ids is None:
         g = torch.Generator().manual_seed(0)
         example_input_ids = torch.randint(0, vocab_size, (2, min(8, n_positions)), generator=g)
-    if not isinstance(example_input_ids, torch.Tensor) or example_input_ids.ndim != 2:
-        raise ValueError("example_input_ids must be a (batch, seq_len) tensor of token ids")
+    if not isinstance(example_input_ids, torch.Tensor):
+        raise TypeError(f"example_input_ids must be a (batch, seq_len) tensor of token ids, got "
+                        f"{type(example_input_ids).__name__}")
+    if example_input_ids.ndim != 2:
+        raise ValueError(f"example_input_ids must have shape (batch, seq_len), got {tuple(example_input_ids.shape)}")
     if example_input_ids.shape[1] > n_positions:
         raise ValueError(f"example_input_ids has {example_input_ids.shape[1]} tokens, more than the model's "
                          f"n_positions={n_positions}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training, device = model.training, next(model.parameters()).device
-    wrapper = LogitsOnly(model.cpu()).eval()
+    device = next(model.parameters()).device
     ids = example_input_ids.cpu().long()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            if dynamo:
-                # Dim("seq", max=n_positions): the exporter proves the graph is valid for these sizes only
-                batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=n_positions)
-                program = torch.onnx.export(
-                    wrapper, (ids,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_shapes={INPUT_NAME: {0: batch, 1: seq}}, opset_version=opset_version, verbose=False,
-                )
-                program.save(str(path))
-            else:
-                axes = {INPUT_NAME: {0: "batch", 1: "seq"}, OUTPUT_NAME: {0: "batch", 1: "seq"}}
-                # Tracing turns the model's Python checks on sizes (e.g. T <= n_positions) into constants
-                # and warns about each; OnnxCausalLM makes those checks on every input instead.
-                warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-                torch.onnx.export(
-                    wrapper, (ids,), str(path), dynamo=False, input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset_version or 17,
-                )
-    finally:
-        model.to(device).train(was_training)
+    with eval_mode(model):  # restores each submodule's train/eval mode afterwards
+        wrapper = LogitsOnly(model.cpu()).eval()
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                if dynamo:
+                    # Dim("seq", max=n_positions): the exporter proves the graph is valid for these sizes only
+                    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=n_positions)
+                    program = torch.onnx.export(
+                        wrapper, (ids,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                        dynamic_shapes={INPUT_NAME: {0: batch, 1: seq}}, opset_version=opset_version, verbose=False,
+                    )
+                    program.save(str(path))
+                else:
+                    axes = {INPUT_NAME: {0: "batch", 1: "seq"}, OUTPUT_NAME: {0: "batch", 1: "seq"}}
+                    # Tracing turns the model's Python checks on sizes (e.g. T <= n_positions) into constants
+                    # and warns about each; OnnxCausalLM makes those checks on every input instead.
+                    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+                    torch.onnx.export(
+                        wrapper, (ids,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset_version or 17,
+                    )
+        finally:
+            model.to(device)
     proto = onnx.load(str(path))
     for key, value in {"n_positions": n_positions, "vocab_size": vocab_size,
                        "source": type(model).__name__}.items():
@@ -234,8 +240,7 @@ def execution_providers(device: str = "cpu") -> list[str]:
     ``ValueError`` naming what to install when this onnxruntime build lacks the GPU providers (the
     plain ``onnxruntime`` wheel has only the CPU; see the module docstring).
     """
-    if device not in _PROVIDERS:
-        raise ValueError(f"device must be one of {sorted(_PROVIDERS)}, got {device!r}")
+    check_choice("device", device, sorted(_PROVIDERS))
     wanted, have = _PROVIDERS[device], available_providers()
     missing = [p for p in wanted if p not in have]
     if missing:
@@ -288,8 +293,7 @@ def tensorrt_session(path: str | os.PathLike, max_batch: int = 4, fp16: bool = F
     ready, why = tensorrt_status()
     if not ready:
         raise RuntimeError(f"TensorRT cannot run here: {why}")
-    if not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+    check_positive_int("max_batch", max_batch)
     import tensorrt  # noqa: F401  (loads TensorRT's libraries into the process, where onnxruntime finds them)
 
     path = Path(path)
@@ -324,8 +328,7 @@ class OnnxCausalLM:
     def __init__(self, path: str | os.PathLike, providers: Sequence[str] = ("CPUExecutionProvider",),
                  intra_op_num_threads: int | None = None) -> None:
         ort = require("onnxruntime")
-        if intra_op_num_threads is not None and (not isinstance(intra_op_num_threads, int) or intra_op_num_threads < 1):
-            raise ValueError(f"intra_op_num_threads must be a positive integer or None, got {intra_op_num_threads!r}")
+        check_positive_int("intra_op_num_threads", intra_op_num_threads, allow_none=True)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no ONNX file {path}; create it with export_onnx(model, {str(path)!r})")
@@ -373,11 +376,10 @@ class OnnxCausalLM:
         """Greedy decoding: append the argmax token ``max_new_tokens`` times. (B, T) -> (B, T + n).
 
         The exported graph has no KV cache, so each step runs the whole window again: the last
-        ``n_positions`` tokens, which is also what ``llm_course.train.pretraining.generate`` attends to
-        (its cache holds the same keys and values), so both give the same ids.
+        ``n_positions`` tokens, which is also what ``llm_course.infer.generation.generate`` with
+        ``slide_context=True`` attends to (its cache holds the same keys and values), so both give the same ids.
         """
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        check_int("max_new_tokens", max_new_tokens, minimum=0)
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor (batch, seq_len), got {type(input_ids).__name__}")
         ids = input_ids.detach().cpu().long()
@@ -400,13 +402,9 @@ def check_onnx_logits(model: nn.Module, onnx_model: OnnxCausalLM, input_ids: tor
         raise TypeError(f"onnx_model must be an OnnxCausalLM, got {type(onnx_model).__name__}")
     ort_logits = onnx_model.logits(input_ids)
     wrapper = LogitsOnly(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             ref = wrapper(input_ids.to(next(model.parameters()).device)).float().cpu()
-    finally:
-        model.train(was_training)
     diff = (ref - ort_logits).abs().max().item()
     if not diff <= atol:
         raise ValueError(f"ONNX Runtime logits differ from PyTorch by {diff:.3g} > atol={atol:g}: was the "

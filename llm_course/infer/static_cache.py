@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_int, check_positive_int
 from llm_course.models.gpt import GPT, GPTBlock
 from llm_course.nn.attention import FeedForward, MultiHeadAttention
 
@@ -54,8 +55,8 @@ class StaticCacheDecoder:
         if model.training and model.config.dropout > 0:
             raise ValueError("call model.eval() before decoding: the lean step does not apply dropout")
         c = model.config
-        if not 0 < max_length <= c.n_positions:
-            raise ValueError(f"max_length must be in [1, n_positions={c.n_positions}], got {max_length}")
+        check_positive_int("batch_size", batch_size)
+        check_int("max_length", max_length, 1, c.n_positions, hint=f"at most the model's n_positions={c.n_positions}")
         self.model = model
         self.n_head, self.head_dim = c.n_head, c.n_embd // c.n_head
         # each block's modules, looked up once (attribute lookups on nn.Module are slow, and add up)

@@ -154,7 +154,8 @@ class BERT(PretrainedMixin, nn.Module):
         super().__init__()
         if not isinstance(config, BERTConfig):
             raise TypeError(
-                f"BERT needs an llm_course.models.bert.BERTConfig, got {type(config).__module__}.{type(config).__name__}; "
+                "BERT needs an llm_course.models.bert.BERTConfig, "
+                f"got {type(config).__module__}.{type(config).__name__}; "
                 "to start from a transformers BertForMaskedLM use BERT.from_hf(model)"
             )
         c = self.config = config

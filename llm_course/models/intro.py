@@ -11,16 +11,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from llm_course.core.runtime import quiet_loading
+from llm_course.models.shape import ModelShape
 
-__all__ = ["BigramLM", "GPTShape", "GPT_SHAPES", "gpt_param_count", "gpt_param_breakdown",
+__all__ = ["BigramLM", "GPT_SHAPES", "gpt_param_count", "gpt_param_breakdown",
            "SentenceEncoder", "zero_shot_classify", "few_shot_classify", "nearest_centroid", "tokens_html"]
 
 
@@ -44,7 +44,7 @@ class BigramLM:
         self.alpha = alpha
         self.counts = np.zeros((vocab_size, vocab_size), dtype=np.float64)
 
-    def fit(self, ids: Sequence[int]) -> "BigramLM":
+    def fit(self, ids: Sequence[int]) -> BigramLM:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {ids.min()}..{ids.max()}")
@@ -85,26 +85,15 @@ class BigramLM:
 # --------------------------------------------------------------------------------------
 # Counting parameters of a GPT
 # --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GPTShape:
-    """The numbers that fix a GPT-2-style model's size. Chapter 01."""
-
-    name: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    vocab_size: int = 50257
-    n_positions: int = 1024
-
-
-GPT_SHAPES: tuple[GPTShape, ...] = (
-    GPTShape("tiny (this course, CPU)", 2, 64, 2, vocab_size=4096, n_positions=256),
-    GPTShape("small (this course)", 4, 128, 4, vocab_size=8192, n_positions=256),
-    GPTShape("GPT-2 small", 12, 768, 12),
-    GPTShape("GPT-2 medium", 24, 1024, 16),
-    GPTShape("GPT-2 large", 36, 1280, 20),
-    GPTShape("GPT-2 XL", 48, 1600, 25),
-)
+# Model sizes to count, by name (``ModelShape``: layers, width, heads, vocabulary, context). Chapter 01.
+GPT_SHAPES: dict[str, ModelShape] = {
+    "tiny (this course, CPU)": ModelShape(n_layer=2, n_embd=64, n_head=2, vocab_size=4096, block_size=256),
+    "small (this course)": ModelShape(n_layer=4, n_embd=128, n_head=4, vocab_size=8192, block_size=256),
+    "GPT-2 small": ModelShape(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, block_size=1024),
+    "GPT-2 medium": ModelShape(n_layer=24, n_embd=1024, n_head=16, vocab_size=50257, block_size=1024),
+    "GPT-2 large": ModelShape(n_layer=36, n_embd=1280, n_head=20, vocab_size=50257, block_size=1024),
+    "GPT-2 XL": ModelShape(n_layer=48, n_embd=1600, n_head=25, vocab_size=50257, block_size=1024),
+}
 
 
 def gpt_param_breakdown(n_layer: int, n_embd: int, vocab_size: int, n_positions: int,

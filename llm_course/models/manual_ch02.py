@@ -37,6 +37,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_int
+
 __all__ = [
     "ManualCustomGPT", "ManualBERTModel", "ManualMultiHeadAttention", "future_token_influence", "padding_influence",
 ]
@@ -196,8 +198,7 @@ def future_token_influence(
     the same outputs up to position t (up to float rounding, ~1e-6): its prediction for token t+1 may
     only use tokens 0..t. Returns the largest absolute change.
     """
-    if not 0 <= t < input_ids.shape[1] - 1:
-        raise ValueError(f"t must be in [0, {input_ids.shape[1] - 2}] so that some tokens come after it, got {t}")
+    check_int("t", t, 0, input_ids.shape[1] - 2, hint="some tokens must come after position t")
     g = torch.Generator().manual_seed(seed)
     changed = input_ids.clone()
     new_tail = torch.randint(0, vocab_size, changed[:, t + 1:].shape, generator=g).to(changed.device)

@@ -5,7 +5,8 @@
 * ``state_to_hf`` / ``state_from_hf`` — rename (and, for GPT-2's Conv1D, transpose) weights between
   the course's layout and the transformers one, driven by a per-model table of names;
 * ``PretrainedMixin`` — ``save_pretrained`` / ``from_pretrained`` (config.json + model.safetensors,
-  never pickle) and ``num_parameters``.
+  never pickle) and ``num_parameters``;
+* ``context_length`` — the longest input a model (the course's or a transformers one) can read.
 """
 
 from __future__ import annotations
@@ -19,15 +20,46 @@ import torch
 import torch.nn as nn
 
 __all__ = ["PretrainedMixin", "NameMap", "check_input_ids", "check_attention_mask", "state_to_hf",
-           "state_from_hf", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "state_from_hf", "CONFIG_NAME", "WEIGHTS_NAME", "CONTEXT_FIELDS", "context_length"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+# Config fields that hold a model's context length, in the order they are tried: transformers'
+# names (GPT-2 and the course's GPT: n_positions; BERT: max_position_embeddings; old GPT-2: n_ctx),
+# then nanoGPT-style names.
+CONTEXT_FIELDS: tuple[str, ...] = (
+    "n_positions",
+    "max_position_embeddings",
+    "n_ctx",
+    "block_size",
+    "max_seq_len",
+    "context_length",
+)
+
+
 # --------------------------------------------------------------------------------------------
 # Shared by GPT, BERT and T5: input checks, saving and loading
 # --------------------------------------------------------------------------------------------
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest input ``model`` can read, from its config; None if it has no fixed limit. Chapter 02.
+
+    A model with learned (or sinusoidal) position embeddings has one row per position, so it cannot
+    read past ``n_positions`` (GPT-2, the course's GPT) or ``max_position_embeddings`` (BERT) tokens.
+    T5's relative position buckets have no table to run off, so a T5 (the course's or transformers')
+    gives None. The first positive integer among ``CONTEXT_FIELDS`` of ``model.config`` wins; what to
+    do for a model without a limit is the caller's choice (decoding has none, the attention explorer
+    caps its input).
+    """
+    config = getattr(model, "config", None)
+    for name in CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def check_input_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") -> torch.Tensor:

@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_choice, check_positive_int
+
 __all__ = [
     "causal_mask",
     "padding_mask",
@@ -86,9 +88,8 @@ def causal_mask(
     The mask is built on ``device`` (the manual builds it on the CPU, which fails on a GPU).
     """
     key_length = query_length if key_length is None else key_length
-    for name, value in (("query_length", query_length), ("key_length", key_length)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("query_length", query_length)
+    check_positive_int("key_length", key_length)
     if key_length < query_length:
         raise ValueError(
             f"key_length ({key_length}) must be >= query_length ({query_length}): the queries are the "
@@ -449,8 +450,7 @@ class FeedForward(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         n_inner = 4 * n_embd if n_inner is None else n_inner
         self.activation = activation
         self.act = ACTIVATIONS[activation]

@@ -1,6 +1,19 @@
-"""Offline data for the whole course: English prose, dialogs and checkable synthetic tasks.
+"""The course's English prose corpus: the Python standard library's own documentation. Chapter 01.
 
-Split from the former ``llm_course.data``; see the package docstring."""
+Chapters 01-09 train tokenizers and language models offline, so the training text has to ship with
+Python itself. ``docs_corpus()`` is that text: the pydoc topics (the language reference) and every
+docstring of the standard library of at least ``MIN_DOCSTRING_CHARS`` characters, one ``Document`` each,
+read by parsing the source (nothing is imported) and cached under ``cache_dir()``. It comes as a
+``TextCorpus``: a train and a validation string, cut at a document boundary.
+
+* ``Document`` / ``docs_documents()``: the documents with their kind, module and name;
+* ``first_sentence(text)``: a document's first sentence (chapter 08's summaries are built from it);
+* ``docs_corpus(val_fraction)``: the corpus as one ``TextCorpus``;
+* ``train_val_split(items, val_fraction, seed)``: the same seeded split for any list of examples.
+
+The conversations of chatterbot-corpus are in ``llm_course.text.dialogs``; checkable synthetic tasks in
+``llm_course.text.tasks``.
+"""
 
 from __future__ import annotations
 
@@ -17,13 +30,14 @@ import sys
 import sysconfig
 import tempfile
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence, TypeVar
+from typing import TypeVar
 
-import yaml
+from llm_course.core.paths import cache_dir
 
-__all__ = ['train_val_split', 'TextCorpus', 'Document', 'docs_corpus', 'docs_documents', 'first_sentence', 'Dialog', 'dialog_languages', 'dialog_categories', 'load_dialogs', 'dialogs_text', 'cyrillic_token_cost', 'latin_token_cost']
+__all__ = ["train_val_split", "TextCorpus", "Document", "docs_corpus", "docs_documents", "first_sentence"]
 
 T = TypeVar("T")
 
@@ -84,7 +98,7 @@ def train_val_split(
 
 
 # ----------------------------------------------------------------------------------------
-# 1. Prose: the standard library's documentation
+# Prose: the standard library's documentation
 # ----------------------------------------------------------------------------------------
 
 MIN_DOCSTRING_CHARS = 80  # shorter docstrings ("Return self.") teach a model little prose
@@ -95,8 +109,6 @@ _CACHE_FORMAT = 1  # bump when the construction changes, so stale caches are ign
 _SKIPPED_DIRS = frozenset(
     {"test", "tests", "idlelib", "lib2to3", "site-packages", "__pycache__", "ensurepip", "turtledemo"}
 )
-from llm_course.core.deps import require
-from llm_course.core.paths import cache_dir
 
 _DEFINITIONS = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
@@ -397,198 +409,3 @@ def docs_corpus(val_fraction: float = 0.1, cache: bool = True) -> TextCorpus:
     split = _split_point(text, starts, val_fraction)
     source = f"Python {platform.python_version()} standard library docs (pydoc topics + docstrings)"
     return TextCorpus(train=text[:split], val=text[split:], source=source)
-
-
-# ----------------------------------------------------------------------------------------
-# 2. Dialogs: chatterbot-corpus
-# ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dialog:
-    """One conversation: alternating turns, first speaker first. Chapter 01 (data)."""
-
-    language: str
-    category: str
-    turns: tuple[str, ...]
-
-    def pairs(self) -> list[tuple[str, str]]:
-        """Consecutive (message, reply) pairs: what a chat bot is trained to answer."""
-        return list(zip(self.turns, self.turns[1:]))
-
-
-# yaml.safe_load's loader (plain str/int/list/dict only, never Python objects), in its
-# C version when PyYAML was built with libyaml: the same result, about 10x faster.
-_SAFE_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _dialog_data_dir() -> Path:
-    """``chatterbot_corpus/data``: one folder per language, one YAML file per category."""
-    package = require("chatterbot_corpus", "chatterbot-corpus")
-    data = Path(package.__file__).parent / "data"
-    if not data.is_dir():
-        raise FileNotFoundError(
-            f"chatterbot-corpus is installed but has no data folder at {data}; "
-            "reinstall it: pip install --force-reinstall chatterbot-corpus"
-        )
-    return data
-
-
-def dialog_languages() -> list[str]:
-    """Languages available in chatterbot-corpus, sorted (``"english"``, ``"russian"``, ...). Chapter 01."""
-    data = _dialog_data_dir()
-    return sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("*.yml")))
-
-
-def _language_dir(language: str) -> Path:
-    """The folder of ``language``, or a ValueError listing the available languages."""
-    if not isinstance(language, str):
-        raise TypeError(f"language must be a string such as 'english', got {language!r}")
-    languages = dialog_languages()
-    if language.strip().lower() not in languages:
-        raise ValueError(f"unknown dialog language {language!r}; available: {', '.join(languages)}")
-    return _dialog_data_dir() / language.strip().lower()
-
-
-def dialog_categories(language: str = "english") -> list[str]:
-    """Categories (YAML file names) of one language, sorted. Chapter 01 (data).
-
-    Russian has ``conversations``, ``food`` and ``money``; English has about twenty.
-    """
-    return sorted(p.stem for p in _language_dir(language).glob("*.yml"))
-
-
-def _clean_turns(conversation: object) -> tuple[str, ...]:
-    """A YAML conversation as a tuple of non-empty, stripped strings.
-
-    YAML reads an unquoted ``42`` or ``yes`` as a number or a bool: turns are converted back
-    to text. A bare string where a list was expected (a typo in the corpus) is one turn.
-    """
-    if conversation is None:
-        return ()
-    if not isinstance(conversation, list):
-        conversation = [conversation]
-    turns = (str(turn).strip() for turn in conversation if turn is not None)
-    return tuple(turn for turn in turns if turn)
-
-
-def load_dialogs(
-    language: str = "english", categories: Sequence[str] | str | None = None, unique: bool = True
-) -> list[Dialog]:
-    """Conversations of chatterbot-corpus for ``language``. Chapter 01 (data).
-
-    ``categories`` is a list of names from ``dialog_categories(language)`` (a single name is
-    accepted too); ``None`` means all, in sorted order. Files are read with the loader of
-    ``yaml.safe_load`` (plain data only, never arbitrary Python objects); empty dialogs are
-    dropped. Unknown names raise ValueError listing the available ones.
-
-    ``unique=True`` keeps the first copy of a repeated dialog: ``english/tech_support`` is
-    10 dialogs repeated 1,050 times, and duplicates would both skew training and leak
-    between a training and a validation split. ``unique=False`` keeps the files as they are.
-    """
-    folder = _language_dir(language)
-    available = dialog_categories(language)
-    if categories is None:
-        chosen = available
-    else:
-        chosen = [categories] if isinstance(categories, str) else list(dict.fromkeys(categories))
-        unknown = [c for c in chosen if c not in available]
-        if unknown:
-            raise ValueError(
-                f"unknown {folder.name} dialog categor{'y' if len(unknown) == 1 else 'ies'} "
-                f"{', '.join(map(repr, unknown))}; available: {', '.join(available)}"
-            )
-    dialogs = []
-    for category in chosen:
-        path = folder / f"{category}.yml"
-        try:
-            with open(path, encoding="utf-8") as f:
-                content = yaml.load(f, Loader=_SAFE_YAML_LOADER)
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not plain YAML data ({err}); reinstall chatterbot-corpus") from err
-        conversations = content.get("conversations") if isinstance(content, dict) else None
-        if not isinstance(conversations, list):
-            raise ValueError(f"{path} has no 'conversations' list; reinstall chatterbot-corpus")
-        for conversation in conversations:
-            turns = _clean_turns(conversation)
-            if turns:
-                dialogs.append(Dialog(language=folder.name, category=category, turns=turns))
-    if unique:
-        dialogs = list(dict.fromkeys(dialogs))  # dicts keep insertion order: first copies win
-    return dialogs
-
-
-def _dialog_block(dialog: Dialog) -> str:
-    """A dialog as text: one turn per line, blank lines inside a turn removed."""
-    return "\n".join(re.sub(r"\n(?:[ \t]*\n)+", "\n", turn) for turn in dialog.turns)
-
-
-def dialogs_text(
-    language: str = "english", categories: Sequence[str] | str | None = None, unique: bool = True
-) -> str:
-    """Dialogs as plain text for tokenizer or LM training. Chapter 01 (data).
-
-    One turn per line, a blank line between dialogs (those of ``load_dialogs`` with the same
-    arguments). Blank lines *inside* a turn (a code example in ``english/coding``) are
-    removed, so a blank line always means a new dialog.
-    """
-    return "\n\n".join(_dialog_block(d) for d in load_dialogs(language, categories, unique))
-
-
-# The letters whose cost a tokenizer is measured on. Cyrillic: the letters of Unicode's Cyrillic block
-# U+0400-U+04FF (Russian а-я, А-Я, ё, Ё and the other Cyrillic alphabets' letters), without its sign
-# U+0482 and combining marks U+0483-U+0489. Latin: the 52 ASCII letters.
-_CYRILLIC_WORD = re.compile("[\u0400-\u0481\u048a-\u04ff]+")
-_LATIN_WORD = re.compile("[A-Za-z]+")
-
-
-def _tokens_per_letter(tokenizer: object, text: str, word_re: re.Pattern, script: str) -> float:
-    """Tokens per letter of ``text``'s words written in one script (see ``cyrillic_token_cost``)."""
-    if not callable(getattr(tokenizer, "encode", None)):
-        raise TypeError(
-            f"tokenizer must have an encode(text) method (the course's ByteLevelBPETokenizer, a transformers "
-            f"tokenizer or a tokenizers.Tokenizer), got {type(tokenizer).__name__}"
-        )
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a string, got {type(text).__name__}")
-    words = word_re.findall(text)
-    if not words:
-        raise ValueError(
-            f"the text has no {script} letters to measure; pass a text written in {script} "
-            f"(or text=None for the {script} chatterbot dialogs)"
-        )
-    from llm_course.apps.classification import _encode
-
-    return len(_encode(tokenizer, " ".join(words))) / sum(map(len, words))
-
-
-def cyrillic_token_cost(tokenizer: object, text: str | None = None) -> float:
-    """Tokens per Cyrillic character: what Russian costs a tokenizer. Chapter 01 (multilinguality).
-
-    The text (default: the Russian ``chatterbot-corpus`` dialogs, ``dialogs_text("russian")``) is
-    reduced to its Cyrillic words: maximal runs of Cyrillic letters (Unicode's Cyrillic block,
-    U+0400-U+04FF, less the sign and combining marks U+0482-U+0489; so Russian а-я, А-Я, ё, Ё). The
-    words are joined with single spaces and encoded once, without special tokens; the result is
-    ``tokens / letters``. Digits, punctuation, Latin letters and line breaks are left out, so the
-    figure is about Cyrillic alone; the spaces are in the text (a word-initial space is merged into
-    the word's first token, as in running text) but not in the letter count.
-
-    Every Cyrillic letter is two UTF-8 bytes, so a byte-level tokenizer that learned no Cyrillic
-    merges pays 2.00 tokens per Cyrillic character; one that holds every word whole pays
-    1 / (mean word length), about 0.2. Compare ``latin_token_cost`` on English text. Works with the
-    course's ``ByteLevelBPETokenizer``, a transformers tokenizer or a ``tokenizers.Tokenizer``.
-
-    Example: with a byte-level tokenizer without merges, ``"да, нет!"`` -> ``"да нет"`` = 11 bytes,
-    11 tokens for 5 letters: 2.2.
-    """
-    return _tokens_per_letter(tokenizer, dialogs_text("russian") if text is None else text, _CYRILLIC_WORD,
-                              "Cyrillic")
-
-
-def latin_token_cost(tokenizer: object, text: str | None = None) -> float:
-    """Tokens per Latin letter, the English counterpart of ``cyrillic_token_cost``. Chapter 01.
-
-    The same measure on the words of ASCII letters (A-Z, a-z) of ``text`` (default: the English
-    ``chatterbot-corpus`` dialogs, ``dialogs_text("english")``). Its inverse is letters per token.
-    """
-    return _tokens_per_letter(tokenizer, dialogs_text("english") if text is None else text, _LATIN_WORD, "Latin")

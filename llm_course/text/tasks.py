@@ -1,18 +1,24 @@
-"""Offline data for the whole course: English prose, dialogs and checkable synthetic tasks.
+"""Labelled and checkable data: a topic-classification set and synthetic tasks. Chapter 01 (data).
 
-Split from the former ``llm_course.data``; see the package docstring."""
+* ``topic_dataset()``: chatterbot dialogs labelled sports / politics / technology / culture
+  (``TOPIC_CATEGORIES``), the four topics of the manual's classification example (chapter 08);
+* ``make_task(name, n)``: ``Example``s of a synthetic task (``TASKS``: copy, reverse, sort, addition,
+  arithmetic, upper/lower case, word count) whose answer is computed, so ``check(example, prediction)``
+  marks a model's output exactly right or wrong. Chapter 05 fine-tunes and instruction-tunes on them.
+"""
 
 from __future__ import annotations
 
 import inspect
 import random
 import string
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
-from llm_course.text.corpora import _check_int, _dialog_block, load_dialogs
+from llm_course.core.checks import check_int
+from llm_course.text.dialogs import dialog_block, load_dialogs
 
-__all__ = ['LabeledText', 'TOPIC_CATEGORIES', 'topic_dataset', 'Example', 'TASKS', 'make_task', 'check']
+__all__ = ["LabeledText", "TOPIC_CATEGORIES", "topic_dataset", "Example", "TASKS", "make_task", "check"]
 
 
 # The four topics of the manual's classification example (section 8: "спорт", "политика",
@@ -43,11 +49,11 @@ def topic_dataset(per_label: int | None = 15, seed: int = 0) -> list[LabeledText
     then in corpus order.
     """
     if per_label is not None:
-        _check_int("per_label", per_label, 1)
-    _check_int("seed", seed, 0)
+        check_int("per_label", per_label, 1)
+    check_int("seed", seed, 0)
     examples = []
     for label in sorted(TOPIC_CATEGORIES):
-        texts = list(dict.fromkeys(_dialog_block(d) for d in load_dialogs("english", TOPIC_CATEGORIES[label])))
+        texts = list(dict.fromkeys(dialog_block(d) for d in load_dialogs("english", TOPIC_CATEGORIES[label])))
         if per_label is not None and len(texts) > per_label:
             keep = sorted(random.Random(f"{label}:{seed}").sample(range(len(texts)), per_label))
             texts = [texts[i] for i in keep]
@@ -56,7 +62,7 @@ def topic_dataset(per_label: int | None = 15, seed: int = 0) -> list[LabeledText
 
 
 # ----------------------------------------------------------------------------------------
-# 3. Synthetic tasks with exactly checkable answers
+# Synthetic tasks with exactly checkable answers
 # ----------------------------------------------------------------------------------------
 
 
@@ -82,8 +88,8 @@ _CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
 
 def _check_range(name: str, low: int, high: int, minimum: int) -> None:
     """``minimum <= low <= high``, both integers, else a ValueError naming the options."""
-    _check_int(f"min_{name}", low, minimum)
-    _check_int(f"max_{name}", high, minimum)
+    check_int(f"min_{name}", low, minimum)
+    check_int(f"max_{name}", high, minimum)
     if low > high:
         raise ValueError(f"min_{name} ({low}) must not exceed max_{name} ({high})")
 
@@ -157,7 +163,7 @@ def arithmetic_task(min_digits: int = 1, max_digits: int = 2, n_terms: int = 2, 
     negative.
     """
     _check_range("digits", min_digits, max_digits, minimum=1)
-    _check_int("n_terms", n_terms, 2)
+    check_int("n_terms", n_terms, 2)
     if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
         raise ValueError(f"ops must be a non-empty string of the operators '+', '-', '*', got {ops!r}")
 
@@ -230,8 +236,8 @@ def make_task(name: str, n: int, seed: int = 0, **options: object) -> list[Examp
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; available tasks: {', '.join(TASKS)}")
-    _check_int("n", n, 0)
-    _check_int("seed", seed, 0)
+    check_int("n", n, 0)
+    check_int("seed", seed, 0)
     factory = TASKS[name]
     parameters = inspect.signature(factory).parameters
     unknown = sorted(set(options) - set(parameters))

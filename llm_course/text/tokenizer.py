@@ -43,7 +43,7 @@ import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ _FORMAT_VERSION = 1
 _ENCODE_CACHE_SIZE = 100_000  # words remembered by encode(); cleared when full
 
 
-@lru_cache(maxsize=None)
+@cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's map from each byte (0..255) to a printable character. Chapter 01 (tokenization).
 
@@ -93,7 +93,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unicode_to_bytes() -> dict[str, int]:
     """The inverse of :func:`bytes_to_unicode` (a token character -> its byte)."""
     return {c: b for b, c in bytes_to_unicode().items()}
@@ -686,7 +686,8 @@ def _check_vocab(vocab: Any, merges: Any, special_tokens: Any) -> None:
     """Raise ValueError unless vocab/merges/special tokens form a valid byte-level BPE."""
     if not isinstance(vocab, dict) or not all(isinstance(k, str) for k in vocab):
         raise ValueError("vocab must be a dict of token string -> id")
-    ids = sorted(vocab.values()) if all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()) else None
+    integer_ids = all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values())
+    ids = sorted(vocab.values()) if integer_ids else None
     if ids != list(range(len(vocab))):
         raise ValueError(f"vocab ids must be exactly 0..{len(vocab) - 1}, each used once")
     missing = [b for b, c in bytes_to_unicode().items() if c not in vocab]

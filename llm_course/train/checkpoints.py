@@ -1,6 +1,12 @@
-"""The training loop, written out: from a model and a stream of batches to a trained model. Chapter 04.
+"""Training checkpoints that resume exactly: one safetensors file per save. Chapter 04 (pretraining).
 
-Split from the former ``llm_course.training``; see the package docstring."""
+``save_checkpoint`` writes the weights (tied ones once), AdamW's state and the random generators'
+states as tensors, and the step, the optimizer's hyper-parameters and any JSON-able ``extra`` (``train``
+keeps its history there) as JSON in the file's header; the write is atomic (a temporary file renamed over
+the old one). ``load_checkpoint`` checks the whole file (missing, truncated, a pickle, another model's
+names or shapes: clear errors) before restoring anything, and returns a ``Checkpoint`` (step, extra,
+path). No pickle anywhere: loading a checkpoint cannot run code.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ['Checkpoint', 'CHECKPOINT_NAME', 'save_checkpoint', 'load_checkpoint']
+__all__ = ["Checkpoint", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the file train() writes inside cfg.checkpoint_dir
 _FORMAT_KEY = "llm_course.checkpoint"  # safetensors metadata key holding the checkpoint's JSON part

@@ -86,7 +86,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from llm_course.core.runtime import seed_everything
-from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.models.gpt import GPT
+from llm_course.models.shape import ModelShape
 from llm_course.nn.objectives import count_targets, random_blocks
 from llm_course.train.loop import TrainConfig, configure_optimizer, lr_at
 
@@ -118,34 +119,31 @@ TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class DataParallelConfig:
+@dataclass(frozen=True, kw_only=True)
+class DataParallelConfig(ModelShape):
     """What a data-parallel run trains on, besides the optimisation settings. Chapter 09 (best practices).
 
-    ``global_batch``: sequences per micro-batch summed over all processes (each rank gets
-    ``global_batch // world_size``); ``block_size``: tokens per sequence. The model: a ``GPTConfig`` with
-    ``n_layer``, ``n_embd``, ``n_head`` and ``n_positions = block_size``. Data: ``data`` is "synthetic"
-    (``synthetic_stream(n_tokens, vocab_size, branching, seed)``) or "docs" (``docs_stream(n_tokens)``,
-    the course-gpt tokenizer's vocabulary; ``vocab_size`` is then ignored). ``backend``: "auto" (NCCL on
-    CUDA, gloo on the CPU), "gloo" or "nccl". ``timeout_s``: how long a collective may wait for the other
-    ranks before the run fails (instead of hanging when one process died).
+    The model: a GPT of the ``ModelShape`` fields (``n_layer``, ``n_embd``, ``n_head``, contexts of
+    ``block_size`` tokens; ``vocab_size`` for synthetic data), without dropout. ``global_batch``:
+    sequences per micro-batch summed over all processes (each rank gets ``global_batch // world_size``).
+    Data: ``data`` is "synthetic" (``synthetic_stream(n_tokens, vocab_size, branching, seed)``) or
+    "docs" (``docs_stream(n_tokens)``, the course-gpt tokenizer's vocabulary; ``vocab_size`` is then
+    ignored). ``backend``: "auto" (NCCL on CUDA, gloo on the CPU), "gloo" or "nccl". ``timeout_s``: how
+    long a collective may wait for the other ranks before the run fails (instead of hanging when one
+    process died).
     """
 
-    global_batch: int = 16
-    block_size: int = 64
-    n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 4
-    data: str = "synthetic"
     vocab_size: int = 256
+    global_batch: int = 16
+    data: str = "synthetic"
     branching: int = 4
     n_tokens: int = 50_000
     backend: str = "auto"
     timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
-        for name, minimum in [("global_batch", 1), ("block_size", 2), ("n_layer", 1), ("n_embd", 1),
-                              ("n_head", 1), ("vocab_size", 2), ("branching", 1), ("n_tokens", 2)]:
+        super().__post_init__()  # the shape: positive integers, n_embd divisible by n_head
+        for name, minimum in [("global_batch", 1), ("branching", 1), ("n_tokens", 2)]:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"DataParallelConfig.{name} must be an integer >= {minimum}, got {value!r}")
@@ -157,11 +155,6 @@ class DataParallelConfig:
             raise ValueError(f"branching ({self.branching}) cannot exceed vocab_size ({self.vocab_size})")
         if not self.timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0 seconds, got {self.timeout_s!r}")
-
-    def gpt_config(self, vocab_size: int) -> GPTConfig:
-        """The model's config (dropout 0: ranks would draw different masks than one process does)."""
-        return GPTConfig(vocab_size=vocab_size, n_positions=self.block_size, n_embd=self.n_embd,
-                         n_layer=self.n_layer, n_head=self.n_head, dropout=0.0)
 
 
 @dataclass(frozen=True)
@@ -297,11 +290,11 @@ def docs_stream(n_tokens: int) -> tuple[torch.Tensor, int]:
     Returns ``(tokens, vocab_size)``. Reads the shipped tokenizer (``llm_course/checkpoints/course-gpt``)
     and the cached docs text; nothing is downloaded.
     """
+    from llm_course.core.paths import CHECKPOINTS_DIR
     from llm_course.text.corpora import docs_corpus
     from llm_course.text.tokenizer import ByteLevelBPETokenizer
-    from llm_course.zoo.loading import checkpoint_dir
 
-    tokenizer = ByteLevelBPETokenizer.from_pretrained(checkpoint_dir("course-gpt"))
+    tokenizer = ByteLevelBPETokenizer.from_pretrained(CHECKPOINTS_DIR / "course-gpt")
     text = docs_corpus().train[: 8 * n_tokens]  # a BPE token is ~4 characters of English: 8 is plenty
     ids = tokenizer.encode(text)[:n_tokens]
     if len(ids) < n_tokens:
@@ -577,7 +570,8 @@ def _describe_failure(nproc: int, returncode: int | None, launcher_output: str, 
     if causes:
         parts.append("Likely cause: " + "; ".join(causes) + ".")
     for rank, log in sorted(rank_logs.items()):
-        parts.append(f"--- rank {rank} stderr (last {tail_chars} characters) ---\n{log[-tail_chars:].strip() or '(empty)'}")
+        tail = log[-tail_chars:].strip() or "(empty)"
+        parts.append(f"--- rank {rank} stderr (last {tail_chars} characters) ---\n{tail}")
     if not rank_logs:
         parts.append(f"--- output (last {tail_chars} characters) ---\n{launcher_output[-tail_chars:].strip()}")
     return "\n".join(parts)
@@ -730,7 +724,8 @@ def _parser() -> argparse.ArgumentParser:
     d, t = DataParallelConfig(), TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m llm_course.train.distributed",
-        description="Data-parallel (DDP) training of the course GPT. One process: python -m llm_course.train.distributed; "
+        description="Data-parallel (DDP) training of the course GPT. One process: "
+                    "python -m llm_course.train.distributed; "
                     "several: torchrun --standalone --nproc_per_node=N -m llm_course.train.distributed.")
     p.add_argument("--steps", type=int, default=20, help="optimizer updates (default 20)")
     p.add_argument("--global-batch", type=int, default=d.global_batch,
@@ -784,7 +779,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup_steps=min(args.warmup, args.steps), weight_decay=args.weight_decay,
             grad_clip=args.grad_clip, grad_accum_steps=args.grad_accum, seed=args.seed, device=args.device,
             log_interval=args.log_interval, progress=False, live_plot=False)
-        cfg.gpt_config(cfg.vocab_size)  # n_embd / n_head checks before any work
         result = train_data_parallel(cfg, train_cfg, env, out=args.out, save_dir=args.save_dir)
     except ValueError as e:
         rank = os.environ.get("RANK")

@@ -79,7 +79,7 @@ import torch
 from llm_course.core.deps import require
 from llm_course.core.paths import cache_dir
 from llm_course.models.gpt import GPT, GPTConfig
-from llm_course.train import instruct
+from llm_course.train import instruct, instructions
 from llm_course.train.loop import NonFiniteLossError
 
 __all__ = [
@@ -229,26 +229,26 @@ def make_job(
     tokenizer: Any,
     n_train: int = 400,
     n_eval: int = 64,
-    tasks: Sequence[str] = instruct.QUICK_TASKS,
+    tasks: Sequence[str] = instructions.QUICK_TASKS,
     seed: int = 0,
     max_length: int | None = None,
 ) -> FineTuneJob:
     """The chapter's search job: instruction-tune ``model`` on ``n_train`` examples. Chapter 09 (best practices).
 
     ``model``: a course ``GPT`` (``load_pretrained("course-gpt")`` gives one); its weights are copied, so
-    the search never changes it. Training examples come from ``instruct.make_instructions(n_train,
+    the search never changes it. Training examples come from ``instructions.make_instructions(n_train,
     split="train")``, held-out ones from the ``"test"`` split (phrasings and inputs training never shows),
     both on ``tasks``; ``max_length``: the model's context by default.
     """
     if not isinstance(model, GPT):
-        raise TypeError(f"model must be a course llm_course.models.gpt.GPT (load_pretrained('course-gpt') returns one), "
-                        f"got {type(model).__name__}")
+        raise TypeError("model must be a course llm_course.models.gpt.GPT (load_pretrained('course-gpt') returns "
+                        f"one), got {type(model).__name__}")
     for name, value in (("n_train", n_train), ("n_eval", n_eval)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer (examples), got {value!r}")
     max_length = max_length or model.config.n_positions
-    train = instruct.make_instructions(n_train, seed=seed, split="train", tasks=tasks)
-    held_out = instruct.make_instructions(n_eval, seed=seed, split="test", tasks=tasks)
+    train = instructions.make_instructions(n_train, seed=seed, split="train", tasks=tasks)
+    held_out = instructions.make_instructions(n_eval, seed=seed, split="test", tasks=tasks)
     encode = lambda examples: [instruct.encode_instruction(tokenizer, ex, max_length) for ex in examples]  # noqa: E731
     state = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
     return FineTuneJob(model.config, state, encode(train), encode(held_out), instruct.eos_token_id(tokenizer))
@@ -264,7 +264,7 @@ def _tune() -> Any:
     return require("ray.tune", RAY_PACKAGE)
 
 
-def _train_trial(config: Mapping[str, Any], data: FineTuneJob, max_steps: int, eval_every: int, seed: int,
+def _train_trial(config: Mapping[str, Any], data: FineTuneJob, max_steps: int, eval_interval: int, seed: int,
                  on_eval: Callable[[dict[str, float]], None]) -> None:
     """Fine-tune a fresh copy of the job's model with ``config``; ``on_eval`` gets every evaluation."""
     if not isinstance(data, FineTuneJob):
@@ -280,7 +280,7 @@ def _train_trial(config: Mapping[str, Any], data: FineTuneJob, max_steps: int, e
     try:
         instruct.tune_encoded(model, data.train_encoded, data.pad_token_id, max_steps, int(config["batch_size"]),
                               float(config["lr"]), eval_encoded=data.eval_encoded, callbacks=[callback], seed=seed,
-                              weight_decay=float(config["weight_decay"]), eval_interval=eval_every,
+                              weight_decay=float(config["weight_decay"]), eval_interval=eval_interval,
                               progress=False, device="cpu")
     except NonFiniteLossError as err:  # a diverged trial is a result (the worst), not a crash of the search
         on_eval({METRIC: float("inf"), "step": err.step, "train_loss": float("inf")})
@@ -348,14 +348,15 @@ class RayStartError(RuntimeError):
 class SearchResult:
     """What ``run_search`` returns. Chapter 09 (best practices).
 
-    ``trials``: one dict per trial, in the order they were drawn: ``trial`` (number), ``lr``,
-    ``batch_size``, ``weight_decay``, ``steps`` (training steps it ran), ``eval_loss`` (its last
-    report; inf if the loss diverged), ``best_eval_loss``, ``train_loss`` (the training loss at the last report), ``stopped_early`` (it ran fewer than
-    ``max_steps`` steps and did not diverge: ASHA stopped it), ``seconds`` (the trial's own run time) and ``curve`` (``[(step, eval_loss), ...]``, every report).
-    ``wall_seconds``: the whole ``Tuner.fit``; ``peak_ray_memory_mb``: the largest memory (proportional set
-    size, so shared pages count once) of the driver plus every Ray process it started (GCS, raylet, agents, workers) seen during the search (None when
-    Ray runs elsewhere, e.g. a cluster, or psutil is missing), ``peak_memory_by_process`` its parts (MiB by
-    process name). ``num_cpus``: the CPUs Ray had.
+    ``trials``: one dict per trial, in the order they were drawn: ``trial`` (number), ``lr``, ``batch_size``,
+    ``weight_decay``, ``steps`` (training steps it ran), ``eval_loss`` (its last report; inf if the loss
+    diverged), ``best_eval_loss``, ``train_loss`` (the training loss at the last report), ``stopped_early`` (it
+    ran fewer than ``max_steps`` steps and did not diverge: ASHA stopped it), ``seconds`` (the trial's own run
+    time) and ``curve`` (``[(step, eval_loss), ...]``, every report). ``wall_seconds``: the whole ``Tuner.fit``;
+    ``peak_ray_memory_mb``: the largest memory (proportional set size, so shared pages count once) of the driver
+    plus every Ray process it started (GCS, raylet, agents, workers) seen during the search (None when Ray runs
+    elsewhere, e.g. a cluster, or psutil is missing), ``peak_memory_by_process`` its parts (MiB by process
+    name). ``num_cpus``: the CPUs Ray had.
     """
 
     trials: list[dict[str, Any]]
@@ -536,7 +537,8 @@ MANUAL_RESOURCES = {"cpu": 2, "gpu": 1}
 """The manual's ``resources_per_trial``: on a machine without a GPU no trial can ever start. Chapter 09."""
 
 
-def check_trial_resources(resources: Mapping[str, float], available: Mapping[str, float] | None = None) -> dict[str, float]:
+def check_trial_resources(resources: Mapping[str, float],
+                          available: Mapping[str, float] | None = None) -> dict[str, float]:
     """Refuse a per-trial resource request the Ray cluster can never meet. Chapter 09 (ERRATA section 9).
 
     Tune does not fail on such a request: it keeps every trial PENDING and waits, forever, for a GPU or
@@ -580,8 +582,9 @@ def start_ray(num_cpus: int | None = None, address: str | None = None, object_st
     ``address``: a running Ray cluster (``"auto"``, ``"ray://head:10001"``): its CPUs are used, the
     local options do not apply. ``run_search`` calls this itself when Ray is not running (and shuts Ray
     down afterwards); call it yourself to run several searches in one Ray session, then ``ray.shutdown()``.
-    ``fast_start``: hide one slow optional import from Ray's processes (see ``_fast_ray_processes``; on a
-    busy 2-core machine Ray does not start without it). Returns Ray's context. A ``RayStartError`` if Ray's processes do not come up (a very busy machine).
+    ``fast_start``: hide one slow optional import from Ray's processes (see ``_fast_ray_processes``; on a busy
+    2-core machine Ray does not start without it). Returns Ray's context. A ``RayStartError`` if Ray's processes
+    do not come up (a very busy machine).
     """
     ray = require("ray", RAY_PACKAGE)
     if num_cpus is not None:
@@ -656,7 +659,8 @@ def run_search(
         raise ValueError(f"report_every ({report_every}) must be <= max_steps ({max_steps}): a trial must report "
                          "before it ends for ASHA to be able to stop it")
     if reduction_factor < 2:
-        raise ValueError(f"reduction_factor must be >= 2 (each rung keeps 1 / reduction_factor), got {reduction_factor}")
+        raise ValueError(f"reduction_factor must be >= 2 (each rung keeps 1 / reduction_factor), "
+                         f"got {reduction_factor}")
     grace_period = report_every if grace_period is None else _check_positive_int("grace_period", grace_period)
     if grace_period >= max_steps:
         raise ValueError(f"grace_period ({grace_period}) must be < max_steps ({max_steps}), or ASHA has no rung")

@@ -1,6 +1,9 @@
-"""The training loop, written out: from a model and a stream of batches to a trained model. Chapter 04.
+"""Watching a run in a notebook: the loss curve of a ``train`` run, live and afterwards. Chapter 04.
 
-Split from the former ``llm_course.training``; see the package docstring."""
+``LossPlot`` is the callback ``train`` uses to redraw the training and held-out loss in place while it
+runs (one image, updated through a display handle; a no-op outside a notebook, see ``in_notebook``).
+``plot_history(result)`` draws the same curves from a finished ``TrainResult`` on a Matplotlib Axes.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # for annotations only: train.loop imports this module
     from llm_course.train.loop import TrainResult
 
-__all__ = ['LossPlot', 'in_notebook', 'plot_history']
+__all__ = ["LossPlot", "in_notebook", "plot_history"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,13 @@
 """The training loop, written out: from a model and a stream of batches to a trained model. Chapter 04.
 
-Split from the former ``llm_course.training``; see the package docstring."""
+``train(model, get_batch, TrainConfig(...))`` runs AdamW (``configure_optimizer``: weight decay on
+matrices only) with a linear warmup and cosine decay of the learning rate (``lr_at``), gradient
+accumulation and clipping, optional mixed precision (``train.precision``), held-out evaluations
+(``nn.evaluation.estimate_loss``), callbacks, checkpoints it can resume from (``train.checkpoints``)
+and a live loss curve in a notebook (``train.liveplot``). It returns a ``TrainResult`` (per-step
+history, evaluations) or raises ``NonFiniteLossError`` at the first NaN/Inf. ``batch_source`` turns a
+callable or an iterable of batches into ``get_batch(i)``; fine-tuning's measuring harness reuses it.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +23,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from llm_course.core.runtime import get_device, seed_everything
-from llm_course.nn.objectives import bits_per_char, count_targets, perplexity
+from llm_course.core.runtime import get_device, seed_everything, to_device
+from llm_course.nn.evaluation import estimate_loss, model_loss
 from llm_course.train.checkpoints import (
     CHECKPOINT_NAME,
     load_checkpoint,
@@ -26,7 +33,7 @@ from llm_course.train.checkpoints import (
 from llm_course.train.liveplot import LossPlot
 from llm_course.train.precision import PRECISIONS, autocast_context, resolve_precision
 
-__all__ = ['TrainConfig', 'TrainResult', 'NonFiniteLossError', 'configure_optimizer', 'lr_at', 'estimate_loss', 'train']
+__all__ = ["TrainConfig", "TrainResult", "NonFiniteLossError", "configure_optimizer", "lr_at", "batch_source", "train"]
 
 Batch = Mapping[str, torch.Tensor]  # e.g. {"input_ids": (B, T), "labels": (B, T)}: the model's kwargs
 BatchSource = Callable[[int], Batch] | Iterable[Batch]
@@ -173,12 +180,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# Batches and evaluation
+# Batches
 # --------------------------------------------------------------------------------------------
 
 
-def _batch_source(data: BatchSource, skip: int = 0, what: str = "get_batch") -> Callable[[int], Batch]:
-    """``get_batch(i)`` for a callable or an iterable of batches; an iterable is read in order.
+def batch_source(data: BatchSource, skip: int = 0, what: str = "get_batch") -> Callable[[int], Batch]:
+    """``get_batch(i)`` for a callable or an iterable of batches; an iterable is read in order. Chapter 04.
 
     A re-iterable (a list, a DataLoader) starts a new pass when it runs out; a one-shot iterator (a
     generator) cannot, and running out is an error. ``skip`` batches are read and dropped first: on
@@ -209,81 +216,6 @@ def _batch_source(data: BatchSource, skip: int = 0, what: str = "get_batch") -> 
     for i in range(skip):
         get(i)
     return get
-
-
-def _to_device(batch: Any, device: torch.device, i: int, what: str) -> dict[str, torch.Tensor]:
-    """Check that a batch is a dict of tensors (the model's keyword arguments) and move it to ``device``."""
-    if not isinstance(batch, Mapping) or "input_ids" not in batch:
-        got = f"a dict with keys {sorted(batch)}" if isinstance(batch, Mapping) else type(batch).__name__
-        raise TypeError(f"{what}({i}) must return a dict like {{'input_ids': ..., 'labels': ...}} (the model's "
-                        f"keyword arguments), got {got}")
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _model_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``model(**batch).loss``, with a clear error when the model computed none."""
-    loss = getattr(model(**batch), "loss", None)
-    if loss is None:
-        raise ValueError("the model returned no loss: the batches need 'labels' (for causal LM: labels = "
-                         "input_ids, unshifted)")
-    return loss
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: nn.Module,
-    get_batch: BatchSource,
-    num_batches: int | None = None,
-    chars_per_token: float | None = None,
-    n_chars: int | None = None,
-) -> dict[str, float]:
-    """Mean loss on held-out batches, its perplexity and bits per character. Chapter 04 (pretraining).
-
-    ``get_batch``: ``get_batch(i) -> dict`` for i = 0..num_batches-1, or a re-iterable of batches (its
-    first ``num_batches``, or all of them when None, e.g. ``list(sequential_blocks(val_ids, 8, 128))``). The mean is
-    weighted by the number of scored tokens (``count_targets``), so a short last batch counts for less.
-    Bits per character: ``chars_per_token`` (characters per token of this text) gives
-    ``loss / (chars_per_token * ln 2)``; ``n_chars`` (the characters the batches cover, when they cover a
-    whole text once) gives ``total nats / (n_chars * ln 2)``. Runs in eval mode (dropout off) and restores
-    the model's mode afterwards. Returns ``{"loss", "perplexity", "tokens"[, "bits_per_char"]}``.
-    """
-    if num_batches is None and callable(get_batch):
-        raise ValueError("num_batches is needed with a callable get_batch(i) (it has no end)")
-    if not callable(get_batch) and iter(get_batch) is get_batch:
-        raise TypeError("evaluation batches must be a callable get_batch(i) or a re-iterable (e.g. a list), "
-                        "not a one-shot iterator: it would be used up by the first evaluation")
-    source = get_batch if callable(get_batch) else iter(get_batch)
-    device, was_training = _model_device(model), model.training
-    model.eval()
-    total_nats, total_tokens, i = 0.0, 0, 0
-    try:
-        while num_batches is None or i < num_batches:
-            if callable(source):
-                raw = source(i)
-            else:
-                raw = next(source, None)
-                if raw is None:  # the end of the list: fewer than num_batches is fine
-                    break
-            batch = _to_device(raw, device, i, "evaluate")
-            n = count_targets(batch["labels"]) if "labels" in batch else 0
-            total_nats += float(_model_loss(model, batch)) * n  # the model's loss is a mean over n tokens
-            total_tokens += n
-            i += 1
-    finally:
-        model.train(was_training)
-    if total_tokens == 0:
-        raise ValueError("the evaluation batches contain no scored tokens (all labels are -100?)")
-    loss = total_nats / total_tokens
-    metrics = {"loss": loss, "perplexity": perplexity(loss), "tokens": total_tokens}
-    if chars_per_token is not None:
-        metrics["bits_per_char"] = loss / (chars_per_token * math.log(2))
-    if n_chars is not None:
-        metrics["bits_per_char"] = bits_per_char(total_nats, n_chars)
-    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,7 +322,7 @@ def train(
     elif cfg.seed is not None:
         seed_everything(cfg.seed)
     accum = cfg.grad_accum_steps
-    next_batch = _batch_source(get_batch, skip=result.step * accum)
+    next_batch = batch_source(get_batch, skip=result.step * accum)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     max_norm = cfg.grad_clip if cfg.grad_clip else math.inf  # inf: measure the norm, clip nothing
 
@@ -417,9 +349,9 @@ def train(
             step_loss, tokens = torch.zeros((), device=device), 0
             for k in range(accum):
                 i = (step - 1) * accum + k
-                batch = _to_device(next_batch(i), device, i, "get_batch")
+                batch = to_device(next_batch(i), device, f"get_batch({i})")
                 with autocast_context(precision, device):  # fp32: nothing; bf16/fp16: torch.autocast
-                    loss = _model_loss(model, batch) / accum  # so the summed gradient is the mean's
+                    loss = model_loss(model, batch) / accum  # so the summed gradient is the mean's
                 scaler.scale(loss).backward()
                 step_loss += loss.detach()
                 tokens += batch["input_ids"].numel()

@@ -1,4 +1,4 @@
-"""LoRA and QLoRA, written out. Chapter 06 (parameter-efficient fine-tuning).
+"""LoRA, written out. Chapter 06 (parameter-efficient fine-tuning).
 
 Fine-tuning every weight of a model needs, per parameter, the weight, its gradient and Adam's two
 moment estimates: 16 bytes in float32, four times the model. **LoRA** (Hu et al. 2021) freezes the
@@ -7,7 +7,7 @@ pretrained weight ``W`` (out, in) and learns a low-rank *update* next to it::
     h = W x + (alpha / r) * B A x          A: (r, in), B: (out, r), r << min(in, out)
 
 Only ``A`` and ``B`` are trained: r * (in + out) numbers instead of in * out. The frozen ``W`` gets no
-gradient and no Adam state, which is where the memory goes (``lora_weight_memory`` measures it).
+gradient and no Adam state, which is where the memory goes (``finetuning_costs.lora_weight_memory``).
 
 * ``A`` starts random (Kaiming-uniform, as ``nn.Linear`` and peft initialise it) and ``B`` starts at
   zero, so ``B A = 0``: training starts *exactly* from the base model, and the first gradient step
@@ -22,56 +22,42 @@ transposed, as (in, out)) or a 4-bit ``NF4Linear``. ``apply_lora`` puts it on th
 else. Its sub-modules are called ``base_layer``, ``lora_A`` and ``lora_B`` like peft's, so a peft
 adapter's ``lora_A.weight`` / ``lora_B.weight`` copy straight in (the tests check the logits agree).
 
-**QLoRA** (Dettmers et al. 2023) goes one step further: the frozen base is stored in 4-bit NF4
-(``llm_course.nn.quantization``, chapter 07), dequantized on the fly in each forward, and the LoRA
-matrices stay in float. ``apply_qlora`` does it from scratch on a CPU; ``bitsandbytes_qlora`` is the
-library recipe (CUDA only): ``BitsAndBytesConfig`` 4-bit NF4 load, ``prepare_model_for_kbit_training``,
-``LoraConfig`` + ``get_peft_model``.
+``peft_lora_config`` is the same adapter with the library (peft's ``LoraConfig``, its targets checked).
+QLoRA (a 4-bit NF4 base under the same ``LoRALinear``) is ``llm_course.train.qlora``.
 
 Where the manual goes wrong (ERRATA section 6):
 
 * ``target_modules=["q_proj", "v_proj"]`` on GPT-2: GPT-2 has no such layers. Its attention has one
   fused q/k/v projection ``c_attn`` (a ``Conv1D``); ours is ``qkv_proj``. ``apply_lora`` and
   ``peft_lora_config`` say so instead of silently adapting nothing.
-* Its QLoRA calls ``prepare_model_for_kbit_training`` on a model that was never quantized: the
-  ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", ...)`` load is missing, so it
-  is plain LoRA on a float model. ``bitsandbytes_qlora`` loads in 4 bits first.
+* Its QLoRA is plain LoRA on a float model: see ``llm_course.train.qlora``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from llm_course.core.deps import MissingDependencyError, require
-from llm_course.nn.quantization import (
-    NF4Linear,
-    _tied_weight,
-    model_size_bytes,
-    quantize_nf4,
-    quantized_linear_names,
-)
+from llm_course.core.deps import require
+from llm_course.core.runtime import module_device
+from llm_course.nn.quantization import NF4Linear, is_conv1d, tied_weight
 
 __all__ = [
     "LoRALinear",
     "default_target_modules",
+    "lora_targets",
+    "check_lora_hyperparameters",
     "apply_lora",
     "merge_lora",
     "unmerge_lora",
     "remove_lora",
     "lora_state_dict",
     "copy_lora_from_peft",
-    "count_parameters",
-    "print_trainable_parameters",
-    "apply_qlora",
-    "lora_weight_memory",
     "peft_lora_config",
-    "bitsandbytes_qlora",
 ]
 
 
@@ -80,35 +66,15 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _conv1d_class() -> type | None:
-    """transformers' ``Conv1D`` if transformers is already imported, else None.
-
-    A model holding a Conv1D must have imported transformers to build it, so when transformers is not
-    loaded there is nothing to recognise, and the course does not pay for importing it.
-    """
-    module = sys.modules.get("transformers.pytorch_utils")
-    return getattr(module, "Conv1D", None)
-
-
-def _is_conv1d(layer: nn.Module) -> bool:
-    conv1d = _conv1d_class()
-    return conv1d is not None and isinstance(layer, conv1d)
-
-
 def _wrappable(layer: nn.Module) -> bool:
-    return isinstance(layer, (nn.Linear, NF4Linear)) or _is_conv1d(layer)
+    return isinstance(layer, (nn.Linear, NF4Linear)) or is_conv1d(layer)
 
 
 def _in_out_features(layer: nn.Module) -> tuple[int, int]:
     """(in, out) of a Linear, NF4Linear or Conv1D (whose weight is stored as (in, out))."""
-    if _is_conv1d(layer):
+    if is_conv1d(layer):
         return layer.weight.shape[0], layer.weight.shape[1]
     return layer.in_features, layer.out_features
-
-
-def _base_device(layer: nn.Module) -> torch.device:
-    tensor = next(iter([*layer.parameters(), *layer.buffers()]), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 _NF4_MERGE_MESSAGE = (
@@ -137,7 +103,7 @@ class LoRALinear(nn.Module):
             raise TypeError(f"LoRALinear wraps an nn.Linear, a transformers Conv1D or an NF4Linear, "
                             f"got {type(base_layer).__name__}")
         in_features, out_features = _in_out_features(base_layer)
-        _check_hyperparameters(r, alpha, dropout)
+        check_lora_hyperparameters(r, alpha, dropout)
         if r > min(in_features, out_features):
             raise ValueError(f"r={r} is larger than min(in, out) = min({in_features}, {out_features}): a rank-r "
                              "update of this layer needs r <= both sizes (LoRA uses r much smaller, e.g. 4-16)")
@@ -145,7 +111,7 @@ class LoRALinear(nn.Module):
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.base_layer = base_layer.requires_grad_(False)  # frozen: no gradients, no optimizer state
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        device = _base_device(base_layer)
+        device = module_device(base_layer)
         self.lora_A = nn.Linear(in_features, r, bias=False, device=device)  # weight (r, in)
         self.lora_B = nn.Linear(r, out_features, bias=False, device=device)  # weight (out, r)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default init, as in peft
@@ -160,7 +126,7 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> torch.Tensor:
         """``(alpha/r) B A`` laid out like the base weight: (out, in), or (in, out) for a Conv1D."""
         delta = self.scaling * (self.lora_B.weight @ self.lora_A.weight)  # (out, r) @ (r, in) -> (out, in)
-        return delta.T if _is_conv1d(self.base_layer) else delta
+        return delta.T if is_conv1d(self.base_layer) else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in) -> (..., out). The LoRA path runs in the adapter's dtype (float32 by default)."""
@@ -215,7 +181,8 @@ _SEPARATE_QKV = ("q_proj", "k_proj", "v_proj", "query", "key", "value", "q", "k"
 _FUSED_QKV = ("qkv_proj", "c_attn")
 
 
-def _check_hyperparameters(r: Any, alpha: Any, dropout: Any) -> None:
+def check_lora_hyperparameters(r: Any, alpha: Any, dropout: Any) -> None:
+    """Check LoRA's rank ``r`` (an int >= 1), ``alpha`` (a number > 0), ``dropout`` (in [0, 1)). Chapter 06."""
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise ValueError(f"r (the LoRA rank) must be a positive integer, e.g. 8; got {r!r}")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0 or not math.isfinite(alpha):
@@ -235,7 +202,7 @@ def _leaf_names(model: nn.Module) -> list[str]:
     A layer whose weight is tied to another module (GPT's lm_head) is left out: see ``_resolve_targets``.
     """
     return sorted({name.rpartition(".")[2] for name, m in model.named_modules()
-                   if name and _wrappable(m) and not (hasattr(m, "weight") and _tied_weight(model, m))})
+                   if name and _wrappable(m) and not (hasattr(m, "weight") and tied_weight(model, m))})
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
@@ -266,12 +233,16 @@ def default_target_modules(model: nn.Module) -> list[str]:
                      f"of its Linear layers: {leaves}")
 
 
-def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str] | None, r: Any, alpha: Any,
-                     dropout: Any, caller: str) -> tuple[list[str], list[str]]:
-    """Check everything ``apply_lora`` needs; (names of the layers to wrap, target names). Changes nothing."""
+def lora_targets(model: nn.Module, target_modules: str | Sequence[str] | None, r: Any, alpha: Any,
+                dropout: Any, caller: str) -> tuple[list[str], list[str]]:
+    """Check everything ``apply_lora`` needs; returns (names of the layers to wrap, target names). Chapter 06.
+
+    ``caller`` names the function in error messages. Changes nothing, so a function that must change the
+    model first (``qlora.apply_qlora`` quantizes it) checks the targets before touching it.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (e.g. llm_course.models.gpt.GPT), got {type(model).__name__}")
-    _check_hyperparameters(r, alpha, dropout)
+    check_lora_hyperparameters(r, alpha, dropout)
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError(f"{caller}: the model already has LoRA layers (apply_lora was applied); call "
                          "remove_lora(model) first, or keep training the adapters it has")
@@ -300,7 +271,7 @@ def _resolve_targets(model: nn.Module, target_modules: str | Sequence[str] | Non
         if not _wrappable(layer):
             raise TypeError(f"{name!r} is a {type(layer).__name__}; LoRA wraps nn.Linear, transformers Conv1D or "
                             f"NF4Linear layers. Name the Linear layers inside it instead (one of {_leaf_names(model)})")
-        if isinstance(layer, nn.Linear) and _tied_weight(model, layer):
+        if isinstance(layer, nn.Linear) and tied_weight(model, layer):
             raise ValueError(f"{name!r} shares its weight with another module (a tied lm_head is the token "
                              "embedding): merging an update into it would change both. Pick other target_modules")
         in_features, out_features = _in_out_features(layer)
@@ -346,7 +317,7 @@ def apply_lora(model: nn.Module, target_modules: str | Sequence[str] | None = No
     before the model is changed. After it, only ``lora_A`` / ``lora_B`` weights have
     ``requires_grad=True``: hand ``[p for p in model.parameters() if p.requires_grad]`` to the optimizer.
     """
-    names, _ = _resolve_targets(model, target_modules, r, alpha, dropout, "apply_lora")
+    names, _ = lora_targets(model, target_modules, r, alpha, dropout, "apply_lora")
     return _wrap(model, names, r, alpha, dropout)
 
 
@@ -451,90 +422,7 @@ def copy_lora_from_peft(model: nn.Module, peft_model: nn.Module, adapter: str = 
 
 
 # --------------------------------------------------------------------------------------------
-# Counting parameters and memory
-# --------------------------------------------------------------------------------------------
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameters, counted as peft's ``get_nb_trainable_parameters``. Chapter 06.
-
-    Tied weights once (``named_parameters`` yields a shared tensor once). A 4-bit weight counts as the
-    number of values it stands for: peft multiplies bitsandbytes' packed ``Params4bit`` back by 2; our
-    ``NF4Linear`` keeps its weight and bias as buffers, so they are added here as out * in (+ out).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    for module in model.modules():
-        if isinstance(module, NF4Linear):
-            total += module.in_features * module.out_features + (0 if module.bias is None else module.bias.numel())
-    return trainable, total
-
-
-def print_trainable_parameters(model: nn.Module) -> None:
-    """Print ``trainable params: ... || all params: ... || trainable%: ...`` exactly as peft does. Chapter 06."""
-    trainable, total = count_parameters(model)
-    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
-
-
-def lora_weight_memory(model: nn.Module) -> dict[str, int]:
-    """Bytes of training state, measured from the model's tensors. Chapter 06.
-
-    ``base_weights``: every stored tensor that is not a LoRA matrix (float, or NF4 codes + scales), tied
-    ones once (``model_size_bytes``). ``lora_weights``: the ``lora_A`` / ``lora_B`` matrices.
-    ``gradients``: one gradient per trainable parameter, in its dtype. ``adam_state``: Adam's two moment
-    estimates per trainable parameter, float32 (2 x 4 bytes). ``total``: the sum. Call it on a model
-    without LoRA (all parameters trainable) for the cost of full fine-tuning.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    lora = [p for m in model.modules() if isinstance(m, LoRALinear) for p in (m.lora_A.weight, m.lora_B.weight)]
-    lora_bytes = sum(p.numel() * p.element_size() for p in lora)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    memory = {
-        "base_weights": model_size_bytes(model) - lora_bytes,
-        "lora_weights": lora_bytes,
-        "gradients": sum(p.numel() * p.element_size() for p in trainable),
-        "adam_state": sum(2 * 4 * p.numel() for p in trainable),
-    }
-    memory["total"] = sum(memory.values())
-    return memory
-
-
-# --------------------------------------------------------------------------------------------
-# QLoRA from scratch: NF4 base + LoRA
-# --------------------------------------------------------------------------------------------
-
-
-def apply_qlora(model: nn.Module, target_modules: str | Sequence[str] | None = None, r: int = 8,
-                alpha: float = 16, dropout: float = 0.0, block_size: int = 64,
-                double_quant: bool = True) -> list[str]:
-    """QLoRA on a CPU: quantize the model's Linear layers to NF4, then LoRA on the targets. Chapter 06.
-
-    In place; returns the wrapped names. Every ``nn.Linear`` becomes a frozen ``NF4Linear``
-    (``quantize_nf4``: blocks of ``block_size``, double quantization; a tied lm_head stays float), and
-    each target becomes ``LoRALinear(NF4Linear)``: the forward dequantizes the 4-bit weight and adds the
-    float32 low-rank update; only ``lora_A`` / ``lora_B`` get gradients. Targets must be ``nn.Linear``
-    layers (the course's models; for GPT-2's Conv1D use ``GPT.from_hf`` first). Checked before changing
-    anything. The model's train/eval mode is kept.
-    """
-    names, _ = _resolve_targets(model, target_modules, r, alpha, dropout, "apply_qlora")
-    quantizable = set(quantized_linear_names(model))
-    for name in names:
-        if name not in quantizable and not isinstance(model.get_submodule(name), NF4Linear):
-            layer = model.get_submodule(name)
-            raise TypeError(f"apply_qlora quantizes nn.Linear layers, but target {name!r} is a "
-                            f"{type(layer).__name__}; convert the model first (GPT.from_hf(model) for GPT-2) or "
-                            "use apply_lora for LoRA without quantization")
-    training = model.training
-    quantize_nf4(model, block_size=block_size, double_quant=double_quant, inplace=True)
-    model.train(training)
-    return _wrap(model, names, r, alpha, dropout)
-
-
-# --------------------------------------------------------------------------------------------
-# The libraries: peft, and QLoRA with bitsandbytes
+# LoRA with the library: peft
 # --------------------------------------------------------------------------------------------
 
 
@@ -547,68 +435,12 @@ def peft_lora_config(model: nn.Module, r: int = 8, alpha: float = 16, dropout: f
     (GPT-2 stores those weights as (in, out)); ``task_type="CAUSAL_LM"`` for a transformers model.
     Use it with ``peft.get_peft_model(model, config)``.
     """
-    names, targets = _resolve_targets(model, target_modules, r, alpha, dropout, "peft_lora_config")
+    names, targets = lora_targets(model, target_modules, r, alpha, dropout, "peft_lora_config")
     peft = require("peft")
-    conv1d = [_is_conv1d(model.get_submodule(name)) for name in names]
+    conv1d = [is_conv1d(model.get_submodule(name)) for name in names]
     if any(conv1d) and not all(conv1d):
         raise ValueError("the targets mix Conv1D and Linear layers; peft's fan_in_fan_out setting applies to all "
                          "of them, so adapt them in two configs")
     is_transformers = hasattr(model, "config") and hasattr(model, "prepare_inputs_for_generation")
     return peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
                            fan_in_fan_out=all(conv1d), task_type="CAUSAL_LM" if is_transformers else None)
-
-
-def _bitsandbytes_installed() -> bool:
-    """Whether the bitsandbytes package can be imported (looked up without importing it)."""
-    return importlib.util.find_spec("bitsandbytes") is not None
-
-
-def bitsandbytes_qlora(model_name_or_path: str, target_modules: str | Sequence[str] | None = None, r: int = 8,
-                       alpha: float = 16, dropout: float = 0.05, compute_dtype: torch.dtype = torch.bfloat16) -> Any:
-    """QLoRA with the libraries (CUDA + bitsandbytes): a 4-bit NF4 model with LoRA adapters. Chapter 06.
-
-    1. ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-       bnb_4bit_compute_dtype=compute_dtype)``: the load config the manual forgets.
-    2. ``AutoModelForCausalLM.from_pretrained(..., quantization_config=..., device_map="auto")``: the
-       weights are quantized to NF4 as they are loaded onto the GPU.
-    3. ``peft.prepare_model_for_kbit_training``: freezes the base, casts LayerNorms to float32, enables
-       gradient checkpointing and input gradients; meaningful only on a model that *is* quantized.
-    4. ``get_peft_model(model, peft_lora_config(...))``: LoRA on the (checked) target modules.
-
-    Returns the ``PeftModel``. Without a CUDA GPU or without bitsandbytes it raises a clear error before
-    loading anything (``apply_qlora`` is the same recipe from scratch, on a CPU).
-    """
-    if not isinstance(model_name_or_path, str) or not model_name_or_path:
-        raise TypeError(f"model_name_or_path must be a Hub id or a local folder (str), got {model_name_or_path!r}")
-    _check_hyperparameters(r, alpha, dropout)
-    if not isinstance(compute_dtype, torch.dtype) or not compute_dtype.is_floating_point:
-        raise TypeError(f"compute_dtype must be a float torch.dtype (torch.bfloat16 or torch.float16), "
-                        f"got {compute_dtype!r}")
-    cpu_hint = "Or use llm_course.train.lora.apply_qlora(model): QLoRA written out (NF4 + LoRA), which runs on a CPU."
-    if not torch.cuda.is_available():
-        raise RuntimeError("bitsandbytes_qlora needs a CUDA GPU (bitsandbytes' 4-bit kernels), and "
-                           "torch.cuda.is_available() is False here. Run it on a CUDA machine (e.g. Colab) after "
-                           f"`pip install bitsandbytes`. {cpu_hint}")
-    if not _bitsandbytes_installed():
-        error = MissingDependencyError("bitsandbytes")  # "bitsandbytes is not installed: pip install bitsandbytes"
-        error.add_note(cpu_hint)
-        raise error
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    peft = require("peft")
-    quantization_config = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",  # the default is "fp4"
-        bnb_4bit_use_double_quant=True,  # quantize the block scales too: 4.127 bits per weight
-        bnb_4bit_compute_dtype=compute_dtype,  # dequantize to this dtype for each matmul
-    )
-    import transformers
-    from packaging.version import Version
-
-    # transformers 4.56 renamed from_pretrained's torch_dtype= to dtype=; 4.50-4.55 only know torch_dtype
-    dtype_kwarg = "dtype" if Version(transformers.__version__).release >= (4, 56) else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, quantization_config=quantization_config,
-                                                 device_map="auto", **{dtype_kwarg: compute_dtype})
-    model = peft.prepare_model_for_kbit_training(model)
-    config = peft_lora_config(model, r=r, alpha=alpha, dropout=dropout, target_modules=target_modules)
-    return peft.get_peft_model(model, config)

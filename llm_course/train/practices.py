@@ -13,7 +13,7 @@ what lives outside the blocks: the logits (B, T, V) and the loss's log-probabili
 small-width, large-vocabulary model (course-gpt: C = 160, V = 4096) are a big share::
 
     activation_memory(model, batch, checkpointing=True)   # bytes autograd keeps, counted by
-    checkpointing_report(model, batch)                    #   finetuning.saved_activation_bytes
+    checkpointing_report(model, batch)                    #   finetuning_costs.saved_activation_bytes
 
 works for the course's ``GPT`` (``gpt.GPT.gradient_checkpointing_enable``) and for a ``transformers``
 model (``activation_checkpointing_enable`` in transformers 5.x: ``gradient_checkpointing_enable`` is
@@ -50,8 +50,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from llm_course.train.finetuning import saved_activation_bytes
-from llm_course.train.loop import _model_loss, configure_optimizer
+from llm_course.core.runtime import module_device, train_mode
+from llm_course.nn.evaluation import model_loss
+from llm_course.train.finetuning_costs import saved_activation_bytes
+from llm_course.train.loop import configure_optimizer
 from llm_course.train.precision import PRECISIONS, autocast_context, check_precision
 
 __all__ = [
@@ -133,24 +135,19 @@ def _check_batch(batch: Any) -> dict[str, torch.Tensor]:
 @contextlib.contextmanager
 def _checkpointing(model: nn.Module, enabled: bool):
     """Set checkpointing and train mode for the duration; restore both afterwards."""
-    was_on, was_training = is_checkpointing(model), model.training
+    was_on = is_checkpointing(model)
     set_gradient_checkpointing(model, enabled)
-    model.train()
     try:
-        yield
+        with train_mode(model):
+            yield
     finally:
         set_gradient_checkpointing(model, was_on)
-        model.train(was_training)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def activation_memory(model: nn.Module, batch: Batch, checkpointing: bool) -> dict[str, Any]:
     """What one training step keeps in memory for the backward pass, with or without checkpointing. Chapter 09.
 
-    Runs one forward (train mode) inside ``finetuning.saved_activation_bytes``, which adds up every
+    Runs one forward (train mode) inside ``finetuning_costs.saved_activation_bytes``, which adds up every
     tensor autograd saves for the backward (each storage once, weights excluded), then the backward
     (which frees them). Returns ``{"checkpointing", "saved_bytes", "peak_bytes", "loss"}``.
     ``peak_bytes`` is the peak of allocated device memory over forward + backward above what was
@@ -158,7 +155,7 @@ def activation_memory(model: nn.Module, batch: Batch, checkpointing: bool) -> di
     no cheap allocator statistics. Gradients are zeroed afterwards; the model's mode is restored.
     """
     batch = _check_batch(batch)
-    device = _device_of(model)
+    device = module_device(model)
     cuda = device.type == "cuda"
     with _checkpointing(model, checkpointing):
         model.zero_grad(set_to_none=True)
@@ -178,11 +175,11 @@ def activation_memory(model: nn.Module, batch: Batch, checkpointing: bool) -> di
 
 def _step_seconds(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
     """(wall-clock, process CPU) seconds of one forward + backward (gradients are zeroed, not stepped)."""
-    device = _device_of(model)
+    device = module_device(model)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0, c0 = time.perf_counter(), time.process_time()
-    _model_loss(model, batch).backward()
+    model_loss(model, batch).backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - t0, time.process_time() - c0)
@@ -297,7 +294,7 @@ def precision_run(
     for batch in batches:
         batch = _move(batch, device)
         with autocast_context(precision, device):
-            loss = _model_loss(model, batch)
+            loss = model_loss(model, batch)
         scaler.scale(loss).backward()  # the backward runs outside autocast, in the forward ops' dtypes
         scaler.step(optimizer)  # unscales the gradients first; skips the step if they hold inf/nan
         scaler.update()
@@ -389,7 +386,7 @@ MANUAL_AMP = {
     "current": (
         "scaler = torch.amp.GradScaler('cuda')                 # fp16 only; bf16 needs no scaler\n"
         "with torch.autocast('cuda', dtype=torch.float16):     # or 'cpu' with torch.bfloat16\n"
-        "    loss = model(**batch).loss                        # batch has labels: the manual's model(inputs) has none\n"
+        "    loss = model(**batch).loss                        # batch has labels; the manual's model(inputs) none\n"
         "scaler.scale(loss).backward()\n"
         "scaler.step(optimizer)\n"
         "scaler.update()\n"
@@ -470,7 +467,8 @@ def empty_cache_report(device: str | torch.device = "cuda", megabytes: int = 256
     if not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU: empty_cache_report needs one")
     if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 1:
-        raise ValueError(f"megabytes must be a positive integer (the size of the test tensor in MiB), got {megabytes!r}")
+        raise ValueError(f"megabytes must be a positive integer (the size of the test tensor in MiB), "
+                         f"got {megabytes!r}")
     torch.cuda.empty_cache()  # start from no cached blocks, so each change below is this tensor's
     rows = [{"moment": "before", **_cuda_memory_mb(device)}]
     x = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)

@@ -1,6 +1,12 @@
-"""The training loop, written out: from a model and a stream of batches to a trained model. Chapter 04.
+"""Mixed precision for training: which precisions a device can train in and the autocast context. Chapter 09.
 
-Split from the former ``llm_course.training``; see the package docstring."""
+``PRECISIONS`` are "fp32", "bf16" and "fp16". ``resolve_precision("auto", device)`` picks bf16 on a GPU
+that has it (A100, H100, L4), fp16 on an older one (T4, V100), fp32 on a CPU; ``check_precision`` gives a
+clear error for a precision the device cannot train in (fp16 needs CUDA and a GradScaler). The forward
+pass runs under ``autocast_context(precision, device)``: ``torch.autocast`` for bf16/fp16, nothing for
+fp32; weights and AdamW's state stay fp32. The training loop (``train.loop``, chapter 04) uses it so that a
+GPU trains in bf16/fp16; chapter 09 explains and measures it.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,11 @@ from typing import Any
 
 import torch
 
-__all__ = ['PRECISIONS', 'check_precision', 'resolve_precision', 'autocast_context']
+__all__ = ["PRECISIONS", "check_precision", "resolve_precision", "autocast_context"]
 
 
 # --------------------------------------------------------------------------------------------
-# Precision (chapter 09 explains it; the loop below uses it so a GPU trains in bf16/fp16)
+# Which precision, and the autocast context
 # --------------------------------------------------------------------------------------------
 
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -1,6 +1,15 @@
-"""The attention explorer: look inside a transformer's attention, one head at a time.
+"""Attention data: run a model once and keep its attention weights with readable token labels. Chapter 03.
 
-Split from the former ``llm_course.widgets``; see the package docstring."""
+``collect_attentions(model, tokenizer, text)`` works with the course's GPT, BERT and T5 and with
+transformers models: it tokenizes the text (``llm_course.viz.tokens``), runs the model once in eval mode
+with ``output_attentions=True`` (switching 'sdpa' attention to 'eager' for the call, since only eager
+attention returns its weights) and returns an ``AttentionData``: per kind of attention (``KINDS``: GPT's
+and BERT's "self", T5's "encoder", "decoder" and "cross"), a (layers, heads, q_len, k_len) array, with
+the labels of the rows and columns. A T5 decoder is fed its text shifted right, as in training.
+
+The figures drawn from it are in ``llm_course.viz.figures``; the widget that browses it is
+``llm_course.widgets.attention_explorer``. No ipywidgets here.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ['AttentionData', 'KINDS', 'collect_attentions', 'context_length']
+from llm_course.core.checks import check_index
+from llm_course.core.runtime import eval_mode
+from llm_course.models.modeling import context_length
+from llm_course.viz.tokens import is_byte_level, readable_labels, token_strings, tokenize
+
+__all__ = ["AttentionData", "KINDS", "NO_CONTEXT_LIMIT_CAP", "collect_attentions"]
 
 # kind -> (the output field it is read from, a label for people)
 KINDS: dict[str, tuple[str, str]] = {
@@ -23,40 +37,14 @@ KINDS: dict[str, tuple[str, str]] = {
     "cross": ("cross_attentions", "cross-attention (decoder → encoder)"),
 }
 
-# For models without a fixed context (T5's relative positions): the attention maps of a
-# longer text would take (layers x heads x T x T) floats of memory and be unreadable anyway.
+# The longest text shown for a model without a fixed context (T5's relative positions): the attention
+# maps of a longer text would take (layers x heads x T x T) floats of memory and be unreadable anyway.
 NO_CONTEXT_LIMIT_CAP = 512
 
-# Config fields that hold a model's context length, in the order they are tried
-# (Hugging Face names first, then nanoGPT-style names).
-_CONTEXT_FIELDS = (
-    "n_positions",
-    "max_position_embeddings",
-    "block_size",
-    "max_seq_len",
-    "context_length",
-    "n_ctx",
-)
-from llm_course.viz.tokens import _is_byte_level, _labels, _token_strings, _tokenize
 
 # --------------------------------------------------------------------------------------
 # Running the model
 # --------------------------------------------------------------------------------------
-
-
-def context_length(model: torch.nn.Module) -> int | None:
-    """The longest input a model accepts, read from its config (None if it has no limit).
-
-    Chapter 03 (attention). Looks for ``n_positions`` / ``max_position_embeddings``
-    (Hugging Face) and ``block_size`` / ``max_seq_len`` (nanoGPT style). T5's relative
-    positions have no hard limit, so a Hugging Face T5 gives None.
-    """
-    config = getattr(model, "config", None)
-    for name in _CONTEXT_FIELDS:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 def _is_encoder_decoder(model: torch.nn.Module) -> bool:
@@ -192,19 +180,12 @@ class AttentionData:
 
         An index out of range is a ValueError that names the valid range.
         """
-        _check_index("layer", layer, self.num_layers(kind), f"{KINDS[kind][1]} layers")
+        check_index("layer", layer, self.num_layers(kind), hint=f"the model has {self.num_layers(kind)} "
+                    f"{KINDS[kind][1]} layers")
         if head is None:
             return self.attentions[kind][layer]
-        _check_index("head", head, self.num_heads(kind), "heads per layer")
+        check_index("head", head, self.num_heads(kind), hint=f"the model has {self.num_heads(kind)} heads per layer")
         return self.attentions[kind][layer, head]
-
-
-def _check_index(name: str, value: Any, size: int, what: str) -> None:
-    """Raise a clear error unless ``0 <= value < size``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if not 0 <= value < size:
-        raise ValueError(f"{name}={value} is out of range: the model has {size} {what}, so use 0..{size - 1}")
 
 
 def collect_attentions(
@@ -231,8 +212,8 @@ def collect_attentions(
       (and back): only eager attention returns its weights.
     * The model runs in eval mode (dropout off, so every row sums to 1) without gradients;
       its train/eval mode is restored afterwards.
-    * ``max_length`` defaults to the model's context (``context_length``), or 512 tokens
-      for a model without one (T5); a longer text is a ValueError.
+    * ``max_length`` defaults to the model's context (``llm_course.models.modeling.context_length``),
+      or ``NO_CONTEXT_LIMIT_CAP`` (512) tokens for a model without one (T5); a longer text is a ValueError.
     * ``byte_level`` says whether the tokens are written in GPT-2's byte alphabet, so that
       'Ġthe' is shown as '·the' (None: detect it from the tokenizer).
     """
@@ -244,10 +225,10 @@ def collect_attentions(
     if not text:
         raise ValueError("the text is empty: type a sentence to see its attention")
     name = model_name or type(model).__name__
-    byte_level = _is_byte_level(tokenizer) if byte_level is None else byte_level
+    byte_level = is_byte_level(tokenizer) if byte_level is None else byte_level
     limit = max_length if max_length is not None else (context_length(model) or NO_CONTEXT_LIMIT_CAP)
 
-    ids, raw = _tokenize(tokenizer, text)
+    ids, raw = tokenize(tokenizer, text)
     if not ids:
         raise ValueError(f"the tokenizer turned {text!r} into no tokens: type some text")
     if len(ids) > limit:
@@ -258,7 +239,7 @@ def collect_attentions(
     data = AttentionData(
         text=text,
         token_ids=ids,
-        tokens=_labels(tokenizer, raw, byte_level),
+        tokens=readable_labels(tokenizer, raw, byte_level),
         attentions={},
         model_name=name,
         byte_level=byte_level,
@@ -283,7 +264,7 @@ def collect_attentions(
     encoder_decoder = _is_encoder_decoder(model)
     if encoder_decoder:
         target = text if decoder_text is None else decoder_text
-        target_ids, _ = _tokenize(tokenizer, target)
+        target_ids, _ = tokenize(tokenizer, target)
         # Teacher forcing: decoder input = [start] + target[:-1] (the labels shifted right).
         dec_ids = [_decoder_start_id(model, tokenizer)] + target_ids[:-1]
         if len(dec_ids) > limit:
@@ -291,19 +272,15 @@ def collect_attentions(
                 f"the decoder text is {len(dec_ids)} tokens long but {name} reads at most "
                 f"{limit} tokens: shorten it"
             )
-        dec_raw = _token_strings(tokenizer, dec_ids)
+        dec_raw = token_strings(tokenizer, dec_ids)
         data.decoder_text = target
         data.decoder_token_ids = dec_ids
-        data.decoder_tokens = _labels(tokenizer, dec_raw, byte_level)
+        data.decoder_tokens = readable_labels(tokenizer, dec_raw, byte_level)
         inputs["decoder_input_ids"] = torch.tensor([dec_ids], dtype=torch.long, device=device)
 
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad(), _eager_attention(model):
             output = model(**inputs)
-    finally:
-        model.train(was_training)
 
     n_enc = len(ids)
     n_dec = len(data.decoder_token_ids or [])

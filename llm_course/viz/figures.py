@@ -1,6 +1,16 @@
-"""The attention explorer: look inside a transformer's attention, one head at a time.
+"""Attention figures with Matplotlib alone (no pyplot, no ipywidgets). Chapter 03 (attention).
 
-Split from the former ``llm_course.widgets``; see the package docstring."""
+* ``plot_heatmap`` / ``plot_head_grid`` / ``plot_token_attention``: draw one head's (q, k) weights, every
+  head of a layer, or one query token's row as bars, on Axes or a Figure you give them (use them in
+  your own figures);
+* ``heatmap_figure`` / ``head_grid_figure`` / ``token_figure``: the same as ready figures, laid out by
+  hand in inches (``axes_at``), so that a widget can redraw them fast;
+* ``highlight_html``: a query token's row as text shaded by weight;
+* ``figure_to_png`` / ``png_to_html``: a figure as PNG bytes (for an ``ipywidgets.Image``) or an
+  inline ``<img>`` (for HTML reports); the training live plot (chapter 04) uses them too.
+
+The data they draw comes from ``llm_course.viz.attention_data``.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +24,18 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ['figure_to_png', 'head_grid_figure', 'heatmap_figure', 'highlight_html', 'plot_head_grid', 'plot_heatmap', 'plot_token_attention', 'png_to_html', 'token_figure']
-
+__all__ = [
+    "axes_at",
+    "figure_to_png",
+    "head_grid_figure",
+    "heatmap_figure",
+    "highlight_html",
+    "plot_head_grid",
+    "plot_heatmap",
+    "plot_token_attention",
+    "png_to_html",
+    "token_figure",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -212,8 +232,12 @@ def _label_inches(labels: Sequence[str], fontsize: float) -> float:
     return max((len(t) for t in labels), default=1) * fontsize * 0.65 / 72.0
 
 
-def _place(fig: Figure, left: float, bottom: float, width: float, height: float) -> Axes:
-    """An Axes at a position given in inches."""
+def axes_at(fig: Figure, left: float, bottom: float, width: float, height: float) -> Axes:
+    """A new Axes of ``fig`` at a position given in inches from its bottom-left corner. Chapter 03.
+
+    Laying a figure out by hand costs nothing; ``bbox_inches="tight"`` measures every label and draws the
+    figure twice. The explorers' figures (chapters 03 and 07) are placed this way.
+    """
     w, h = fig.get_size_inches()
     return fig.add_axes((left / w, bottom / h, width / w, height / h))
 
@@ -227,9 +251,9 @@ def heatmap_figure(weights: Any, q_tokens: Sequence[str], k_tokens: Sequence[str
     bottom = _label_inches(k_tokens, _font_size(len(k_tokens))) + 0.55
     top, right = 0.45, 1.0
     fig = Figure(figsize=(left + width + right, bottom + height + top))
-    image = plot_heatmap(_place(fig, left, bottom, width, height), w, q_tokens, k_tokens,
+    image = plot_heatmap(axes_at(fig, left, bottom, width, height), w, q_tokens, k_tokens,
                          title=title, colorbar=False)
-    fig.colorbar(image, cax=_place(fig, left + width + 0.15, bottom, 0.15, height))
+    fig.colorbar(image, cax=axes_at(fig, left + width + 0.15, bottom, 0.15, height))
     return fig
 
 
@@ -260,6 +284,6 @@ def token_figure(row: Any, k_tokens: Sequence[str], *, query_index: int | None =
     width = min(11.0, max(3.0, 0.3 * len(k_tokens), len(title) * 10 * 0.55 / 72 - left))
     bottom = _label_inches(k_tokens, _font_size(len(k_tokens))) + 0.2
     fig = Figure(figsize=(left + width + right, bottom + height + top))
-    plot_token_attention(_place(fig, left, bottom, width, height), row, k_tokens,
+    plot_token_attention(axes_at(fig, left, bottom, width, height), row, k_tokens,
                          query_index=query_index, title=title)
     return fig

@@ -1,6 +1,16 @@
-"""The attention explorer: look inside a transformer's attention, one head at a time.
+"""Token labels: what a tokenizer's tokens look like on a plot axis. Chapter 03 (attention), chapter 07.
 
-Split from the former ``llm_course.widgets``; see the package docstring."""
+A tokenizer's own strings are not made for people: GPT-2's byte-level BPE writes ' the' as 'Ġthe' and
+may split a Cyrillic letter into two tokens that are not valid UTF-8 alone; SentencePiece writes '▁the'.
+Figures of attention (chapter 03) and of next-token distributions (chapter 07) label tokens with:
+
+* ``token_label(token, byte_level)``: one raw token as readable text ('·the', '↵', '\\xd0');
+* ``is_byte_level(tokenizer)``: whether a tokenizer's tokens are in GPT-2's byte alphabet;
+* ``tokenize(tokenizer, text)``: ids and raw token strings of a text, the special tokens a model
+  expects included (any tokenizer the course uses);
+* ``token_strings(tokenizer, ids)`` / ``readable_labels(tokenizer, tokens, byte_level)``: the raw strings
+  of ids and their readable labels, special tokens ('<|endoftext|>', '[CLS]') shown as they are.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +19,7 @@ from typing import Any
 
 from llm_course.text.tokenizer import bytes_to_unicode
 
-__all__ = ['token_label']
-
-
-# --------------------------------------------------------------------------------------
-# Token labels
-# --------------------------------------------------------------------------------------
+__all__ = ["token_label", "is_byte_level", "tokenize", "token_strings", "readable_labels"]
 
 
 # GPT-2's byte alphabet read backwards: 'Ġ' -> 0x20 (see llm_course.text.tokenizer.bytes_to_unicode).
@@ -58,8 +63,8 @@ def token_label(token: str | bytes, byte_level: bool = False) -> str:
     return _visible(text)
 
 
-def _is_byte_level(tokenizer: Any) -> bool:
-    """Guess whether a tokenizer's tokens are written in GPT-2's byte alphabet."""
+def is_byte_level(tokenizer: Any) -> bool:
+    """Guess whether a tokenizer's tokens are written in GPT-2's byte alphabet ('Ġthe'). Chapter 03."""
     flag = getattr(tokenizer, "byte_level", None)
     if isinstance(flag, bool):
         return flag
@@ -73,8 +78,8 @@ def _is_byte_level(tokenizer: Any) -> bool:
     return any(part is not None and "ByteLevel" in repr(part) for part in parts)
 
 
-def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[str | bytes]]:
-    """Token ids and raw token strings for ``text`` with any tokenizer the course uses.
+def tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[str | bytes]]:
+    """Token ids and raw token strings for ``text`` with any tokenizer the course uses. Chapter 03.
 
     Hugging Face tokenizers (``__call__`` + ``convert_ids_to_tokens``) add their special
     tokens ([CLS] ... [SEP] for BERT, </s> for T5), as the model saw them in training.
@@ -93,11 +98,14 @@ def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[str | bytes]]:
             "such as llm_course.text.tokenizer.ByteLevelBPETokenizer"
         )
     ids = [int(i) for i in ids]
-    return ids, _token_strings(tokenizer, ids)
+    return ids, token_strings(tokenizer, ids)
 
 
-def _token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str | bytes]:
-    """The tokenizer's own string for each id ('Ġthe'), with either tokenizer flavour."""
+def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str | bytes]:
+    """The tokenizer's own string for each id ('Ġthe'), with either tokenizer flavour. Chapter 03.
+
+    An id the tokenizer does not know is shown as '<id>'.
+    """
     if hasattr(tokenizer, "convert_ids_to_tokens"):
         tokens = list(tokenizer.convert_ids_to_tokens(list(ids)))
     else:
@@ -105,8 +113,8 @@ def _token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str | bytes]:
     return [t if t is not None else f"<{i}>" for i, t in zip(ids, tokens)]
 
 
-def _labels(tokenizer: Any, tokens: Sequence[str | bytes], byte_level: bool) -> list[str]:
-    """Readable labels; special tokens ('<|endoftext|>', '[CLS]') are shown as they are."""
+def readable_labels(tokenizer: Any, tokens: Sequence[str | bytes], byte_level: bool) -> list[str]:
+    """``token_label`` of each raw token; special tokens ('<|endoftext|>', '[CLS]') as they are. Chapter 03."""
     # Hugging Face tokenizers list them in all_special_tokens, the course's in special_tokens.
     special = set(getattr(tokenizer, "all_special_tokens", None) or getattr(tokenizer, "special_tokens", None) or [])
     return [

@@ -1,13 +1,18 @@
-"""The attention explorer: look inside a transformer's attention, one head at a time.
+"""The attention explorer: look inside a transformer's attention, one head at a time. Chapter 03.
 
-Split from the former ``llm_course.widgets``; see the package docstring."""
+``AttentionExplorer(model, tokenizer)`` (or ``models={name: (model, tokenizer)}`` to compare several) is an
+ipywidgets UI over ``llm_course.viz.attention_data.collect_attentions`` and the figures of
+``llm_course.viz.figures``: pick or type a text, the model, the kind of attention (self, encoder,
+decoder, cross), a layer and a head, and see one head's heatmap, every head of the layer, or what one
+token attends to. Core ipywidgets only, figures as PNG bytes in an ``ipywidgets.Image``: it works
+offline, on Colab (ipywidgets 7.7) and with ipywidgets 8, and can be driven and checked from code.
+"""
 
 from __future__ import annotations
 
 import html
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
@@ -15,26 +20,24 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ['AttentionExplorer', 'EXAMPLE_TEXTS']
-
-EXAMPLE_TEXTS: tuple[str, ...] = (
-    "The animal didn't cross the street because it was too tired.",
-    "The cat sat on the mat, and then the cat slept.",
-    "Paris is the capital of France, and Berlin is the capital of Germany.",
-    "Кошка сидит на ковре.",
-)
-from llm_course.viz.attention_data import (
-    KINDS,
-    AttentionData,
-    _check_index,
-    collect_attentions,
-)
+from llm_course.core.checks import check_index
+from llm_course.viz.attention_data import KINDS, AttentionData, collect_attentions
 from llm_course.viz.figures import (
     figure_to_png,
     head_grid_figure,
     heatmap_figure,
     highlight_html,
     token_figure,
+)
+from llm_course.widgets.base import Holdable
+
+__all__ = ["AttentionExplorer", "EXAMPLE_TEXTS"]
+
+EXAMPLE_TEXTS: tuple[str, ...] = (
+    "The animal didn't cross the street because it was too tired.",
+    "The cat sat on the mat, and then the cat slept.",
+    "Paris is the capital of France, and Berlin is the capital of Germany.",
+    "Кошка сидит на ковре.",
 )
 
 # --------------------------------------------------------------------------------------
@@ -45,22 +48,7 @@ _VIEWS = {"head": "one head", "grid": "all heads", "token": "one token"}
 _CACHE_BYTES = 256 * 2**20  # attention weights the explorer keeps for texts seen recently
 
 
-class _Holdable:
-    """Batch several control changes into one redraw: ``with self._hold(): ...`` (both explorers)."""
-
-    _holding = 0  # > 0 while several controls change at once
-
-    @contextmanager
-    def _hold(self) -> Iterator[None]:
-        """Change several controls without redrawing after each one."""
-        self._holding += 1
-        try:
-            yield
-        finally:
-            self._holding -= 1
-
-
-class AttentionExplorer(_Holdable, widgets.VBox):
+class AttentionExplorer(Holdable, widgets.VBox):
     """Interactive view of a model's attention: pick text, model, kind, layer and head.
 
     Chapter 03 (attention). Build it with one model or several::
@@ -246,11 +234,14 @@ class AttentionExplorer(_Holdable, widgets.VBox):
             reference.check_kind(kind_value)
             what = KINDS[kind_value][1]
             if layer is not None:
-                _check_index("layer", layer, reference.num_layers(kind_value), f"{what} layers")
+                n = reference.num_layers(kind_value)
+                check_index("layer", layer, n, hint=f"the model has {n} {what} layers")
             if head is not None:
-                _check_index("head", head, reference.num_heads(kind_value), "heads per layer")
+                n = reference.num_heads(kind_value)
+                check_index("head", head, n, hint=f"the model has {n} heads per layer")
             if query is not None and data is not None:
-                _check_index("query", query, len(data.query_tokens(kind_value)), f"{what} query tokens")
+                n = len(data.query_tokens(kind_value))
+                check_index("query", query, n, hint=f"the text has {n} {what} query tokens")
         with self._hold():
             self.model_choice.value = model_name
             self.text.value = new_text

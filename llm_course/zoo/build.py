@@ -1,6 +1,12 @@
-"""The course's model zoo: small pretrained checkpoints shipped with the package. Chapter 04 (pretraining).
+"""Making and re-scoring zoo checkpoints: ``llm-course zoo train`` and ``zoo eval``. Chapters 04 and 08.
 
-Split from the former ``llm_course.zoo``; see the package docstring."""
+``train_checkpoint`` turns a recipe into a checkpoint folder: for a ``PretrainRecipe`` it trains the
+tokenizer and the model on the docs corpus and the dialogs (``prepare_zoo_data``), for a
+``TunedRecipe`` it hands training to the application's ``ZooTask``; then it rounds the weights to the
+saved dtype, measures them (metrics.json), records how they were made (recipe.json) and writes the
+folder atomically. ``evaluate_checkpoint`` re-scores a folder's weights on the text its metrics.json
+recorded: the same weights give the same loss to ~1e-5 (``slice_loss``, ``mlm_eval_batches``).
+"""
 
 from __future__ import annotations
 
@@ -17,35 +23,35 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.infer.generation import generate
 from llm_course.models.bert import BERT
 from llm_course.models.gpt import GPT
+from llm_course.nn.evaluation import count_labels, estimate_loss
 from llm_course.nn.objectives import mask_tokens, random_blocks, sequential_blocks
-from llm_course.text.corpora import TextCorpus, dialogs_text, docs_corpus
+from llm_course.text.corpora import TextCorpus, docs_corpus
+from llm_course.text.dialogs import dialogs_text
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
-from llm_course.train.loop import estimate_loss, train
+from llm_course.train.loop import train
 from llm_course.train.pretraining import (
-    BERT_SPECIALS,
     TimeBudget,
     TokenizedCorpus,
-    generate,
     prepare_docs_tokens,
 )
+from llm_course.train.recipe import BERT_SPECIALS, PretrainRecipe
 from llm_course.zoo.loading import (
-    _check_zoo_name,
-    _read_json,
-    _version,
-    _write_json,
     checkpoint_dir,
     load_pretrained,
+    read_metrics,
+    read_recipe,
+    zoo_recipe,
 )
 from llm_course.zoo.recipes import (
     GREEDY_PROMPT,
     KINDS,
     MLM_MASK_SEED,
-    TASKS,
     ZOO,
     TunedRecipe,
-    ZooRecipe,
+    ZooTask,
 )
 
 __all__ = ['prepare_zoo_data', 'train_checkpoint', 'evaluate_checkpoint', 'slice_loss', 'mlm_eval_batches']
@@ -56,7 +62,7 @@ __all__ = ['prepare_zoo_data', 'train_checkpoint', 'evaluate_checkpoint', 'slice
 # --------------------------------------------------------------------------------------------
 
 
-def prepare_zoo_data(recipe: ZooRecipe) -> tuple[TokenizedCorpus, dict[str, Any]]:
+def prepare_zoo_data(recipe: PretrainRecipe) -> tuple[TokenizedCorpus, dict[str, Any]]:
     """Train the recipe's tokenizer and encode its data: ``(TokenizedCorpus, data description)``. Chapter 04.
 
     Training text: the docs corpus' training split, then the English dialogs, then the Russian ones,
@@ -121,16 +127,8 @@ def mlm_eval_batches(val_ids: torch.Tensor, tokenizer: ByteLevelBPETokenizer, bl
 
 def _mlm_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     """Mean masked-LM loss over all masked positions of ``batches`` (weighted by their count)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for b in batches:
-            n = int((b["labels"] != -100).sum())
-            total += float(model(**b).loss) * n
-            count += n
-    model.train(was_training)
-    return {"loss": total / count, "masked_tokens": count}
+    metrics = estimate_loss(model, batches, count_tokens=count_labels)
+    return {"loss": metrics["loss"], "masked_tokens": metrics["tokens"]}
 
 
 def slice_loss(model: nn.Module, tokenizer: ByteLevelBPETokenizer, text: str, kind: str,
@@ -176,15 +174,16 @@ def _save_hf_tokenizer(tokenizer: ByteLevelBPETokenizer, folder: Path, kind: str
                                       special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])]),
     ])
     fast.save(str(folder / "tokenizer.json"))
-    config = _read_json(folder / "tokenizer_config.json")
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
     config.update(pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def train_checkpoint(
-    name: str | ZooRecipe,
+    name: str | PretrainRecipe | TunedRecipe,
     out_dir: str | os.PathLike | None = None,
     *,
+    task: ZooTask | None = None,
     overwrite: bool = False,
     progress: bool = True,
     time_limit_s: float | None = None,
@@ -192,8 +191,10 @@ def train_checkpoint(
 ) -> Path:
     """Make a zoo checkpoint from its recipe and write it to ``out_dir``. Chapter 04 (pretraining).
 
-    ``name``: a zoo name ("course-gpt") or a ``ZooRecipe``; ``changes`` override recipe fields (e.g.
-    ``max_steps=3`` for a smoke run). ``out_dir`` (default ``runs/zoo/<name>``) receives the HF files,
+    ``name``: a zoo name ("course-gpt") or a recipe (``PretrainRecipe`` or ``TunedRecipe``); ``changes``
+    override recipe fields (e.g. ``max_steps=3`` for a smoke run). A tuned recipe needs ``task``, the
+    application that trains it (e.g. ``llm_course.apps.chat_tuning.CHAT_TASK`` for "course-gpt-chat").
+    ``out_dir`` (default ``runs/zoo/<name>``) receives the HF files,
     recipe.json and metrics.json; everything is written to a temporary folder first and moved into
     place at the end, so an interrupted run leaves nothing half-written. An existing ``out_dir`` is only
     replaced with ``overwrite=True``. ``time_limit_s``: give up (``TimeoutError``, nothing written) if
@@ -202,16 +203,20 @@ def train_checkpoint(
     The same recipe on the same machine and thread count gives the same weights (seeded model,
     batches and masks); another CPU may differ in the last bits of float arithmetic.
     """
-    recipe = name if isinstance(name, (ZooRecipe, TunedRecipe)) else _check_zoo_name(name)
+    recipe = name if isinstance(name, (PretrainRecipe, TunedRecipe)) else zoo_recipe(name)
     if changes:
         recipe = recipe.replace(**changes)
     out = Path(out_dir) if out_dir is not None else Path("runs") / "zoo" / recipe.name
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists: pass overwrite=True (CLI: --overwrite) or another --out")
+    if isinstance(recipe, TunedRecipe):
+        _check_task(task, recipe)
+    elif recipe.max_steps is None:
+        raise ValueError(f"a zoo recipe trains a fixed number of steps: give {recipe.name} max_steps")
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     if isinstance(recipe, TunedRecipe):
-        return _train_tuned(recipe, out, progress, time_limit_s)
+        return _train_tuned(recipe, task, out, progress, time_limit_s)
     t0 = time.perf_counter()
     data, data_description = prepare_zoo_data(recipe)
     tok = data.tokenizer
@@ -238,7 +243,7 @@ def train_checkpoint(
         evaluate = val_batches  # a list: train() evaluates on its first eval_steps batches
         chars_per_token = None
 
-    cfg = recipe.train_config(chars_per_token=chars_per_token, progress=progress,
+    cfg = recipe.train_config(chars_per_token=chars_per_token, progress=progress, device="cpu", live_plot=False,
                               log_interval=recipe.eval_interval if progress else 0)
     callbacks = [TimeBudget(time_limit_s)] if time_limit_s is not None else []
     t_train = time.perf_counter()
@@ -274,7 +279,7 @@ def train_checkpoint(
     return out
 
 
-def _provenance(recipe: ZooRecipe | TunedRecipe) -> dict[str, Any]:
+def _provenance(recipe: PretrainRecipe | TunedRecipe) -> dict[str, Any]:
     """recipe.json's record of where and with what a checkpoint was made."""
     return {
         "threads": torch.get_num_threads(),
@@ -311,25 +316,44 @@ def _write_checkpoint(out: Path, hf: nn.Module, tok: ByteLevelBPETokenizer, kind
         raise
 
 
-def _task_module(task: str) -> Any:
-    import importlib
-
-    return importlib.import_module(TASKS[task])
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _train_tuned(recipe: TunedRecipe, out: Path, progress: bool, time_limit_s: float | None) -> Path:
-    """``train_checkpoint`` for a ``TunedRecipe``: the task module trains and measures, the zoo saves."""
-    module = _task_module(recipe.task)
+def _version(dist: str) -> str | None:
+    import importlib.metadata as md
+
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _check_task(task: ZooTask | None, recipe: TunedRecipe) -> ZooTask:
+    """The ``ZooTask`` that serves ``recipe``, or a clear error naming the one to pass."""
+    plugin = {"chat": "llm_course.apps.chat_tuning.CHAT_TASK",
+              "summarization": "llm_course.apps.summarization_tuning.SUMMARIZATION_TASK"}.get(recipe.task, "a ZooTask")
+    if task is None:
+        raise ValueError(f"{recipe.name} is tuned by the {recipe.task!r} application: pass task={plugin} "
+                         f"(the CLI `llm-course zoo` does)")
+    if getattr(task, "name", None) != recipe.task:
+        raise ValueError(f"{recipe.name} needs the {recipe.task!r} task, got task {getattr(task, 'name', task)!r}; "
+                         f"pass task={plugin}")
+    return task
+
+
+def _train_tuned(recipe: TunedRecipe, task: ZooTask, out: Path, progress: bool, time_limit_s: float | None) -> Path:
+    """``train_checkpoint`` for a ``TunedRecipe``: the task trains and measures, the zoo saves."""
     t0 = time.perf_counter()
     callbacks = [TimeBudget(time_limit_s)] if time_limit_s is not None else []
-    model, tok, info = module.tune(recipe, progress=progress, callbacks=callbacks)
+    model, tok, info = task.tune(recipe, progress=progress, callbacks=callbacks)
     if info["result"].stopped_early:
         raise TimeoutError(f"training {recipe.name} stopped at step {info['result'].step} of {recipe.steps} "
                            f"(time_limit_s={time_limit_s} or interrupted); nothing was written")
     _round_weights(model, recipe.save_dtype)
     model.eval()
     metrics = {"parameters": model.num_parameters(), "weights_dtype": recipe.save_dtype,
-               **module.measure(model, tok, recipe), **info.get("metrics", {})}
+               **task.measure(model, tok, recipe), **info.get("metrics", {})}
     hf = model.to_hf()
     recipe_json = {
         "name": recipe.name,
@@ -349,7 +373,8 @@ def _train_tuned(recipe: TunedRecipe, out: Path, progress: bool, time_limit_s: f
     return out
 
 
-def _measure(model: nn.Module, tok: ByteLevelBPETokenizer, data: TokenizedCorpus, recipe: ZooRecipe) -> dict[str, Any]:
+def _measure(model: nn.Module, tok: ByteLevelBPETokenizer, data: TokenizedCorpus,
+             recipe: PretrainRecipe) -> dict[str, Any]:
     """metrics.json: the validation split's loss (and bits per character), the recorded slice, a sample."""
     text = docs_corpus().val[: recipe.val_slice_chars]
     metrics: dict[str, Any] = {"parameters": model.num_parameters(), "weights_dtype": recipe.save_dtype}
@@ -359,7 +384,8 @@ def _measure(model: nn.Module, tok: ByteLevelBPETokenizer, data: TokenizedCorpus
         metrics["validation"]["what"] = ("docs_corpus().val, every token predicted once with up to block_size - 1 "
                                          "tokens of context (sequential_blocks)")
         prompt = torch.tensor([tok.encode(GREEDY_PROMPT)])
-        out = generate(model, prompt, 40, temperature=0)
+        # greedy; slide_context: a tiny test model's context is shorter than the prompt and 40 new tokens
+        out = generate(model, prompt, max_new_tokens=40, slide_context=True)
         metrics["greedy_sample"] = {"prompt": GREEDY_PROMPT, "max_new_tokens": 40,
                                     "continuation": tok.decode(out[0, prompt.shape[1]:].tolist())}
     else:
@@ -377,26 +403,27 @@ def _measure(model: nn.Module, tok: ByteLevelBPETokenizer, data: TokenizedCorpus
 # --------------------------------------------------------------------------------------------
 
 
-def evaluate_checkpoint(name_or_path: str | os.PathLike) -> dict[str, Any]:
+def evaluate_checkpoint(name_or_path: str | os.PathLike, task: ZooTask | None = None) -> dict[str, Any]:
     """Re-score a zoo checkpoint's weights on the text its metrics.json recorded. Chapter 04.
 
     Returns ``{"name", "kind", "recorded", "measured", "abs_diff"}`` for the validation slice loss (they
     agree to ~1e-5 for unchanged weights), plus ``"validation"``: the metrics on this machine's
     docs validation split (the same as recorded when the Python version is, since the docs corpus comes
-    from the standard library).
+    from the standard library). A tuned checkpoint is re-scored on its held-out examples by ``task``, its
+    application's ``ZooTask`` (as for ``train_checkpoint``).
     """
     text = os.fspath(name_or_path)
     folder = checkpoint_dir(text) if text in ZOO else Path(text)
     model, tok = load_pretrained(folder)
-    metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
-    if not metrics or not ("val_slice" in metrics or "held_out" in metrics):
+    metrics = read_metrics(folder)
+    if not ("val_slice" in metrics or "held_out" in metrics):
         raise FileNotFoundError(f"{folder} has no metrics.json with a val_slice; was it made by train_checkpoint?")
-    recipe = _read_json(folder / "recipe.json")["recipe"]
+    recipe = read_recipe(folder)["recipe"]
     kind = recipe["kind"]
     if "task" in recipe:  # a TunedRecipe: re-score its held-out examples
         tuned = TunedRecipe(**recipe)
         recorded = metrics["held_out"]["loss"]
-        measured_loss = _task_module(tuned.task).held_out_loss(model, tok, tuned)
+        measured_loss = _check_task(task, tuned).held_out_loss(model, tok, tuned)
         return {"name": text, "kind": kind, "recorded": recorded, "measured": measured_loss,
                 "abs_diff": abs(recorded - measured_loss), "held_out": metrics["held_out"]}
     sl = metrics["val_slice"]

@@ -1,6 +1,11 @@
-"""The course's model zoo: small pretrained checkpoints shipped with the package. Chapter 04 (pretraining).
+"""The zoo's checkpoints on disk: where they are, what they recorded, and loading one. Chapter 04 (pretraining).
 
-Split from the former ``llm_course.zoo``; see the package docstring."""
+The shipped checkpoints are Hugging Face folders inside the package (``llm_course/checkpoints/<name>``:
+config.json, model.safetensors, tokenizer.json) plus the zoo's own recipe.json (how it was made) and
+metrics.json (what it scored). ``load_pretrained`` loads a zoo name, a local folder or (online) a Hub
+id as the course's ``GPT`` / ``BERT`` / ``T5`` or as the transformers model, only from safetensors;
+``zoo_recipe``, ``checkpoint_dir``, ``read_recipe`` and ``read_metrics`` find a checkpoint and its records.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ from llm_course.core.runtime import quiet_loading
 from llm_course.models.bert import BERT
 from llm_course.models.gpt import GPT
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
-from llm_course.zoo.recipes import KINDS, PICKLE_SUFFIXES, ZOO, ZooRecipe
+from llm_course.train.recipe import PretrainRecipe
+from llm_course.zoo.recipes import KINDS, PICKLE_SUFFIXES, ZOO, TunedRecipe
 
-__all__ = ['shipped_names', 'checkpoint_dir', 'list_checkpoints', 'load_pretrained']
+__all__ = ["shipped_names", "zoo_recipe", "checkpoint_dir", "read_recipe", "read_metrics", "list_checkpoints",
+           "load_pretrained"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,7 +43,7 @@ def shipped_names() -> list[str]:
 
 def checkpoint_dir(name: str) -> Path:
     """The folder of shipped checkpoint ``name`` (``FileNotFoundError`` if it is not shipped). Chapter 04."""
-    _check_zoo_name(name)
+    zoo_recipe(name)
     folder = CHECKPOINTS_DIR / name
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(
@@ -46,13 +53,45 @@ def checkpoint_dir(name: str) -> Path:
     return folder
 
 
-def _check_zoo_name(name: str) -> ZooRecipe:
+def zoo_recipe(name: str) -> PretrainRecipe | TunedRecipe:
+    """The recipe of zoo checkpoint ``name``; an unknown name is a ``ValueError`` that lists the zoo. Chapter 04."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a zoo name (str), e.g. 'course-gpt', got {type(name).__name__}")
     if name in ZOO:
         return ZOO[name]
     close = difflib.get_close_matches(name, list(ZOO), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown zoo checkpoint {name!r}.{hint} The zoo has: {', '.join(ZOO)} "
                      f"(shipped here: {', '.join(shipped_names()) or 'none'})")
+
+
+def _folder(name_or_folder: str | os.PathLike) -> Path:
+    """A zoo name's shipped folder, or the folder itself."""
+    text = os.fspath(name_or_folder)
+    return checkpoint_dir(text) if text in ZOO else Path(text)
+
+
+def read_recipe(name_or_folder: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's recipe.json: ``{"name", "recipe", "model_config", "data", "steps", ...}``. Chapter 04.
+
+    ``name_or_folder``: a zoo name ("course-gpt") or a folder made by ``train_checkpoint``. ``"recipe"``
+    is ``dataclasses.asdict`` of the ``PretrainRecipe`` or ``TunedRecipe`` it was made from; the rest
+    records the data, the run and the software (``FileNotFoundError`` if the folder has none).
+    """
+    path = _folder(name_or_folder) / "recipe.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the folder was not made by the zoo's train_checkpoint")
+    return _read_json(path)
+
+
+def read_metrics(name_or_folder: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's metrics.json: the scores measured when it was made (``{}`` if it has none). Chapter 04.
+
+    A pretrained checkpoint records ``validation`` and ``val_slice`` (the text ``zoo eval`` re-scores),
+    a tuned one ``held_out``; both record ``parameters`` and ``weights_dtype``.
+    """
+    path = _folder(name_or_folder) / "metrics.json"
+    return _read_json(path) if path.is_file() else {}
 
 
 def list_checkpoints() -> list[dict[str, Any]]:
@@ -63,7 +102,7 @@ def list_checkpoints() -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name, "kind": recipe.kind, "shipped": (folder / "config.json").is_file(),
                                "description": recipe.description}
         if row["shipped"]:
-            metrics = _read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+            metrics = read_metrics(folder)
             row["parameters"] = metrics.get("parameters")
             row["size_mb"] = round(sum(f.stat().st_size for f in folder.iterdir()) / 1e6, 2)
             row["val_loss"] = metrics.get("validation", {}).get("loss")
@@ -146,7 +185,8 @@ def load_pretrained(
     file stores (the zoo stores float16), and only from safetensors: a pickle checkpoint is refused.
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
-        raise TypeError(f"name_or_path must be a zoo name, a folder or a Hub id (str), got {type(name_or_path).__name__}")
+        raise TypeError(f"name_or_path must be a zoo name, a folder or a Hub id (str), "
+                        f"got {type(name_or_path).__name__}")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS} (or None: read it from the checkpoint), got {kind!r}")
     text = os.fspath(name_or_path)
@@ -155,7 +195,7 @@ def load_pretrained(
     elif Path(text).exists():
         folder = Path(text)
     elif text.startswith("course-"):
-        _check_zoo_name(text)  # raises: unknown zoo name, with the list
+        zoo_recipe(text)  # raises: unknown zoo name, with the list
         folder = None
     elif not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
         raise FileNotFoundError(f"no folder {text!r}; pass an existing checkpoint folder, a zoo name "
@@ -170,7 +210,8 @@ def load_pretrained(
         if _offline():
             raise ValueError(
                 f"{text!r} is not a zoo name or a local folder, so it would come from the Hugging Face Hub, but this "
-                f"machine is offline (HF_HUB_OFFLINE=1). Use a shipped checkpoint: {', '.join(shipped_names()) or 'none'}"
+                f"machine is offline (HF_HUB_OFFLINE=1). Use a shipped checkpoint: "
+                f"{', '.join(shipped_names()) or 'none'}"
                 " (llm_course.zoo.loading.load_pretrained('course-gpt')), or a local folder"
             )
         source = text
@@ -233,16 +274,3 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e}); re-save or re-train the checkpoint") from e
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _version(dist: str) -> str | None:
-    import importlib.metadata as md
-
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return None

@@ -1,133 +1,44 @@
-"""The course's model zoo: small pretrained checkpoints shipped with the package. Chapter 04 (pretraining).
+"""The zoo's registry: how each shipped checkpoint is made, and the task plug-ins. Chapters 04 and 08.
 
-Split from the former ``llm_course.zoo``; see the package docstring."""
+``ZOO`` maps every checkpoint name to its recipe. A pretrained one ("course-gpt", "course-bert") is a
+``llm_course.train.recipe.PretrainRecipe``: the notebook's recipe type, with a fixed number of steps.
+A fine-tuned one ("course-gpt-chat", "course-t5-sum") is a ``TunedRecipe``: an application trained
+from a base checkpoint. The application's code lives in ``llm_course.apps``, a layer above the zoo, so
+the zoo never imports it: whoever makes or re-scores a tuned checkpoint passes a ``ZooTask`` in
+(``llm_course.apps.chat_tuning.CHAT_TASK``, ``llm_course.apps.summarization_tuning.SUMMARIZATION_TASK``;
+the CLI does it for ``llm-course zoo train``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from llm_course.models.bert import BERTConfig
-from llm_course.models.gpt import GPTConfig
-from llm_course.train.loop import TrainConfig
-from llm_course.train.pretraining import (
-    BERT_SPECIALS,
-    EOT,
-)
+import torch.nn as nn
 
-__all__ = ['ZooRecipe', 'TunedRecipe', 'TASKS', 'ZOO', 'KINDS']
+from llm_course.train.recipe import PRETRAIN_KINDS, SAVE_DTYPES, PretrainRecipe
 
-PRETRAIN_KINDS = ("causal-lm", "masked-lm")  # what ZooRecipe pretrains
+__all__ = ["KINDS", "TASK_NAMES", "PICKLE_SUFFIXES", "GREEDY_PROMPT", "MLM_MASK_SEED", "TunedRecipe", "ZooTask",
+           "TaskFunctions", "ZOO"]
+
 KINDS = PRETRAIN_KINDS + ("seq2seq-lm",)  # what the zoo can hold (a TunedRecipe may make a T5)
+TASK_NAMES = ("chat", "summarization")  # the applications a TunedRecipe can train (see ZooTask)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 GREEDY_PROMPT = "The function returns"  # the prompt of the greedy sample recorded in metrics.json
 MLM_MASK_SEED = 1234  # the masks of the masked-LM validation batches (fixed: the same every time)
-
-
-# --------------------------------------------------------------------------------------------
-# Recipes
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ZooRecipe:
-    """How one zoo checkpoint is made: data, tokenizer, model and optimisation. Chapter 04 (pretraining).
-
-    Data: the training split of ``docs_corpus()`` (Python's documentation, English prose) plus the
-    English and Russian dialogs (``dialogs_text``), cut to ``max_train_chars`` characters if set (tiny
-    test recipes); validation is the docs corpus' validation split (its first ``max_val_chars`` if set). Tokenizer: byte-level BPE with
-    ``vocab_size`` tokens learned from the training text (special tokens: ``<|endoftext|>`` for a
-    causal LM, ``[PAD] [CLS] [SEP] [MASK]`` for a masked LM). Model: ``kind`` "causal-lm" (``GPT``) or
-    "masked-lm" (``BERT``), ``n_layer`` blocks of width ``n_embd`` with ``n_head`` heads and contexts of
-    ``block_size`` tokens. Optimisation: ``max_steps`` AdamW updates on ``batch_size`` random windows,
-    peak ``lr`` after ``warmup_steps``, cosine decay to ``min_lr``; masked LM masks ``mlm_probability``
-    of the tokens. ``threads``: torch CPU threads. ``val_slice_chars``: characters of validation text
-    whose loss metrics.json records exactly (the test re-scores them).
-    """
-
-    name: str
-    kind: str
-    description: str
-    vocab_size: int = 4096
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    batch_size: int = 16
-    max_steps: int = 1000
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    mlm_probability: float = 0.15
-    eval_interval: int = 100
-    eval_steps: int = 4
-    seed: int = 0
-    threads: int | None = 2
-    max_train_chars: int | None = None
-    max_val_chars: int | None = None
-    val_slice_chars: int = 4000
-    save_dtype: str = "float16"
-
-    def __post_init__(self) -> None:
-        if self.kind not in PRETRAIN_KINDS:
-            raise ValueError(f"ZooRecipe.kind must be one of {PRETRAIN_KINDS}, got {self.kind!r}")
-        if self.save_dtype not in ("float16", "float32"):
-            raise ValueError(f"ZooRecipe.save_dtype must be 'float16' or 'float32', got {self.save_dtype!r}")
-        for name in ("max_train_chars", "max_val_chars"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1000):
-                raise ValueError(f"ZooRecipe.{name} must be None or an integer >= 1000, got {value!r}")
-        if not isinstance(self.val_slice_chars, int) or self.val_slice_chars < 100:
-            raise ValueError(f"ZooRecipe.val_slice_chars must be an integer >= 100, got {self.val_slice_chars!r}")
-        self.model_config(self.vocab_size)  # checks the model's shape (n_embd % n_head, ...)
-        self.train_config()  # checks the optimisation settings (lr, warmup_steps <= max_steps, ...)
-
-    @property
-    def special_tokens(self) -> tuple[str, ...]:
-        """The tokenizer's special tokens (ids 0, 1, ...)."""
-        return (EOT,) if self.kind == "causal-lm" else BERT_SPECIALS
-
-    def model_config(self, vocab_size: int) -> GPTConfig | BERTConfig:
-        """The model's config: a ``GPTConfig`` (causal LM) or a ``BERTConfig`` (masked LM), no dropout."""
-        if self.kind == "causal-lm":
-            return GPTConfig(vocab_size=vocab_size, n_positions=self.block_size, n_embd=self.n_embd,
-                             n_layer=self.n_layer, n_head=self.n_head, dropout=0.0)
-        return BERTConfig(vocab_size=vocab_size, hidden_size=self.n_embd, num_hidden_layers=self.n_layer,
-                          num_attention_heads=self.n_head, intermediate_size=4 * self.n_embd,
-                          max_position_embeddings=self.block_size, hidden_dropout_prob=0.0,
-                          attention_probs_dropout_prob=0.0, pad_token_id=0)  # [PAD] is id 0
-
-    def train_config(self, **overrides: Any) -> TrainConfig:
-        """The optimisation as a ``TrainConfig`` (``overrides`` win, e.g. ``progress=False``)."""
-        settings: dict[str, Any] = dict(
-            max_steps=self.max_steps, lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay, grad_clip=self.grad_clip, eval_interval=self.eval_interval,
-            eval_steps=self.eval_steps, seed=self.seed, device="cpu", live_plot=False,
-        )
-        settings.update(overrides)
-        return TrainConfig(**settings)
-
-    def replace(self, **changes: Any) -> ZooRecipe:
-        """A copy with some fields changed, e.g. ``ZOO["course-gpt"].replace(max_steps=3)``."""
-        return dataclasses.replace(self, **changes)
-
-
-# The modules that make a TunedRecipe's checkpoint: each has ``tune(recipe, progress)`` and ``measure(...)``.
-TASKS = {"chat": "llm_course.apps.chat", "summarization": "llm_course.apps.summarization"}
 
 
 @dataclass(frozen=True)
 class TunedRecipe:
     """How a fine-tuned zoo checkpoint is made: one application, trained from a base. Chapter 08 (applications).
 
-    ``task``: "chat" (``llm_course.apps.chat``: ``base`` tuned on the chatterbot dialogs in the chat format)
-    or "summarization" (``llm_course.apps.summarization``: a T5 trained on docs entries -> summary lines,
-    with ``base``'s tokenizer). ``steps`` AdamW updates of ``batch_size`` examples at peak ``lr``;
-    ``options``: the task's own settings (see the task module's ``tune``). ``eval_examples``: how many
-    held-out examples metrics.json scores (``zoo eval`` re-scores them). ``threads``: torch CPU threads.
+    ``task``: "chat" (``base`` tuned on the chatterbot dialogs in the chat format) or "summarization"
+    (a T5 trained on docs entries -> summary lines, with ``base``'s tokenizer); the code is a
+    ``ZooTask`` of the same ``name``. ``steps`` AdamW updates of ``batch_size`` examples at peak ``lr``;
+    ``options``: the task's own settings (see its ``tune``). ``eval_examples``: how many held-out
+    examples metrics.json scores (``zoo eval`` re-scores them). ``threads``: torch CPU threads.
     """
 
     name: str
@@ -147,10 +58,10 @@ class TunedRecipe:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"TunedRecipe.kind must be one of {KINDS}, got {self.kind!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"TunedRecipe.task must be one of {tuple(TASKS)}, got {self.task!r}")
-        if self.save_dtype not in ("float16", "float32"):
-            raise ValueError(f"TunedRecipe.save_dtype must be 'float16' or 'float32', got {self.save_dtype!r}")
+        if self.task not in TASK_NAMES:
+            raise ValueError(f"TunedRecipe.task must be one of {TASK_NAMES}, got {self.task!r}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"TunedRecipe.save_dtype must be one of {SAVE_DTYPES}, got {self.save_dtype!r}")
         for name in ("steps", "batch_size", "eval_examples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -165,21 +76,57 @@ class TunedRecipe:
         return dataclasses.replace(self, options=options, **{k: v for k, v in changes.items() if k in fields})
 
 
+class ZooTask(Protocol):
+    """An application that can make a tuned zoo checkpoint: what ``train_checkpoint`` calls. Chapter 08.
+
+    ``name``: the ``TunedRecipe.task`` it serves ("chat", "summarization"). ``tune`` trains the model
+    (``callbacks`` are ``train``'s, e.g. a time budget) and returns ``(model, tokenizer, info)``, where
+    ``info`` holds ``result`` (the ``TrainResult``), ``train_seconds``, ``data`` (recipe.json's data
+    description) and optionally ``metrics``. ``measure`` returns metrics.json's scores, with
+    ``held_out["loss"]``; ``held_out_loss`` re-computes that loss (``zoo eval``).
+    """
+
+    name: str
+
+    def tune(self, recipe: TunedRecipe, progress: bool = True,
+             callbacks: Sequence[Any] | None = None) -> tuple[nn.Module, Any, dict[str, Any]]: ...
+
+    def measure(self, model: nn.Module, tokenizer: Any, recipe: TunedRecipe) -> dict[str, Any]: ...
+
+    def held_out_loss(self, model: nn.Module, tokenizer: Any, recipe: TunedRecipe) -> float: ...
+
+
+@dataclass(frozen=True)
+class TaskFunctions:
+    """A ``ZooTask`` made of an application's three functions, e.g. chat's. Chapter 08 (applications).
+
+    ``llm_course.apps.chat_tuning.CHAT_TASK = TaskFunctions("chat", tune, measure, held_out_loss)``: the
+    zoo calls them as the protocol says, without importing the module they live in.
+    """
+
+    name: str
+    tune: Callable[..., tuple[nn.Module, Any, dict[str, Any]]]
+    measure: Callable[[nn.Module, Any, TunedRecipe], dict[str, Any]]
+    held_out_loss: Callable[[nn.Module, Any, TunedRecipe], float]
+
+
 # The shipped checkpoints: the chapter's recipes, run for ~30 minutes on two CPU cores each.
-ZOO: dict[str, ZooRecipe | TunedRecipe] = {
-    "course-gpt": ZooRecipe(
+ZOO: dict[str, PretrainRecipe | TunedRecipe] = {
+    "course-gpt": PretrainRecipe(
         name="course-gpt", kind="causal-lm",
         description="small GPT-2-style causal LM: English technical prose (Python docs) and dialogs, "
                     "English and Russian",
         vocab_size=4096, n_layer=5, n_head=5, n_embd=160, block_size=384,
-        batch_size=6, max_steps=2600, lr=3e-3, min_lr=1e-4, warmup_steps=100, eval_interval=200,
+        batch_size=6, max_steps=2600, time_budget_s=None, lr=3e-3, min_lr=1e-4, warmup_steps=100,
+        eval_interval=200, threads=2,
     ),
-    "course-bert": ZooRecipe(
+    "course-bert": PretrainRecipe(
         name="course-bert", kind="masked-lm",
         description="small BERT masked LM for the encoder chapters (same data, its own tokenizer with "
                     "[PAD] [CLS] [SEP] [MASK])",
         vocab_size=4096, n_layer=4, n_head=4, n_embd=128, block_size=64,
-        batch_size=32, max_steps=2500, lr=1e-3, min_lr=1e-4, warmup_steps=250, eval_interval=250, threads=2,
+        batch_size=32, max_steps=2500, time_budget_s=None, lr=1e-3, min_lr=1e-4, warmup_steps=250,
+        eval_interval=250, threads=2,
     ),
     "course-gpt-chat": TunedRecipe(
         name="course-gpt-chat", kind="causal-lm", task="chat",

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -63,8 +64,8 @@ def bench_attention(seq_lens: tuple[int, ...], repeat: int) -> list[dict[str, An
     for T in seq_lens:
         g = torch.Generator().manual_seed(T)
         q, k, v = (torch.randn(BATCH, HEADS, T, HEAD_DIM, generator=g) for _ in range(3))
-        written = lambda: scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-        fused = lambda: fast_scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        written = lambda q=q, k=k, v=v: scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+        fused = lambda q=q, k=k, v=v: fast_scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
         torch.testing.assert_close(written()[0], fused()[0], atol=1e-5, rtol=1e-5)  # same numbers
         t_written, t_fused = timeit(written, repeat=repeat), timeit(fused, repeat=repeat)
         m_written, m_fused = peak_cpu_bytes(written), peak_cpu_bytes(fused)

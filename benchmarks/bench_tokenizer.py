@@ -67,8 +67,9 @@ def run(quick: bool = False) -> list[dict]:
     for vocab_size in VOCAB_SIZES:
         ours: list[ByteLevelBPETokenizer] = []
         hf: list[Any] = []
-        ours_s = timeit(lambda: ours.append(ByteLevelBPETokenizer.train(train, vocab_size)), repeat=repeat, warmup=0)
-        hf_s = timeit(lambda: hf.append(_hf_train(train, vocab_size)), repeat=repeat, warmup=0)
+        ours_s = timeit(lambda ours=ours, n=vocab_size: ours.append(ByteLevelBPETokenizer.train(train, n)),
+                        repeat=repeat, warmup=0)
+        hf_s = timeit(lambda hf=hf, n=vocab_size: hf.append(_hf_train(train, n)), repeat=repeat, warmup=0)
         tok, ref = ours[-1], hf[-1]
 
         # Encoding the validation text once, from a cold cache (a fresh tokenizer).

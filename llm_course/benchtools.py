@@ -14,8 +14,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from llm_course.core.checks import check_int, check_positive_int
 
@@ -54,6 +55,12 @@ def machine_info() -> dict[str, Any]:
 
         info["transformers"] = transformers.__version__
     except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
+    from llm_course import versions
+
+    try:  # the newest tested versions (llm_course.versions): what this run's environment has installed
+        info["versions"] = {k: v for k, v in versions.installed_versions(versions.tracked_packages()).items() if v}
+    except FileNotFoundError:  # not a clone: no requirements-floor.txt to say which packages are tracked
         pass
     return info
 

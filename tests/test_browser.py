@@ -270,7 +270,8 @@ class Notebook:
                                  f"browser errors: {self.console[-5:]}") from exc
         view.scroll_into_view_if_needed(timeout=UI_TIMEOUT_MS)
         text = view.inner_text(timeout=UI_TIMEOUT_MS)
-        assert "Loading widget" not in text and "model_id" not in text, f"{self.name}: widget not rendered: {text[:300]}"
+        assert "Loading widget" not in text and "model_id" not in text, (
+            f"{self.name}: widget not rendered: {text[:300]}")
         return view
 
     def close(self) -> None:
@@ -315,7 +316,7 @@ def _readout(slider) -> str:
     return slider.locator(".widget-readout").inner_text(timeout=UI_TIMEOUT_MS).strip()
 
 
-def _slide_redraws(nb: "Notebook", view, img, label: str, presses: int) -> str:
+def _slide_redraws(nb: Notebook, view, img, label: str, presses: int) -> str:
     """Move the slider ``label`` by ``presses`` arrow keys (right from 0, else left); assert that its
     readout moved and the picture's pixels changed. Returns the new picture's ``src``."""
     before_src, before_px = img.evaluate(IMG_SRC), img.screenshot(timeout=UI_TIMEOUT_MS)

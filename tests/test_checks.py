@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from llm_course.core.checks import (
     check_bool,
     check_choice,
+    check_choices,
     check_float,
     check_fraction,
     check_index,
@@ -150,7 +151,7 @@ def test_check_float_wrong_types_are_type_errors(value: object) -> None:
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, np.float32("nan")])
 def test_nan_and_infinities_are_out_of_range(value: float) -> None:
-    with pytest.raises(ValueError, match=r"^lr must be a number > 0, got "):
+    with pytest.raises(ValueError, match=r"^lr must be a finite number > 0, got "):
         check_positive("lr", value)
     with pytest.raises(ValueError, match=r"^x must be a finite number, got "):
         check_float("x", value)
@@ -182,7 +183,7 @@ def test_named_intervals(fn: Callable[[str, float], float], accepted: list[float
     for v in accepted:
         assert fn("p", v) == float(v)
     for v in refused:
-        with pytest.raises(ValueError, match=r"^p must be a number"):
+        with pytest.raises(ValueError, match=r"^p must be a (finite )?number"):
             fn("p", v)
 
 
@@ -204,6 +205,18 @@ def test_check_choice() -> None:
         check_choice("precision", 16, allowed)
     with pytest.raises(ValueError, match=r"got \['fp16'\]$"):
         check_choice("precision", ["fp16"], frozenset(allowed))
+
+
+def test_check_choices() -> None:
+    allowed = ("en", "ru")
+    assert check_choices("languages", "ru", allowed) == ("ru",)  # one string is one value
+    assert check_choices("languages", ["ru", "en", "ru"], allowed) == ("ru", "en")  # order kept, repeats dropped
+    with pytest.raises(ValueError, match=r"^languages: unknown 'de', 'fr'; choose from 'en', 'ru'$"):
+        check_choices("languages", ["en", "de", "fr"], allowed)
+    with pytest.raises(ValueError, match=r"^languages is empty: choose at least one of 'en', 'ru'$"):
+        check_choices("languages", [], allowed)
+    with pytest.raises(TypeError, match=r"^languages must be a list of choices from 'en', 'ru', got int 3$"):
+        check_choices("languages", 3, allowed)
 
 
 def test_check_bool() -> None:

@@ -11,7 +11,6 @@ stated next to its assert. Optional packages (bitsandbytes, onnxruntime) are imp
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -19,40 +18,41 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.runtime import describe_device, get_device
+from llm_course.infer.generation import generate
+from llm_course.infer.onnx_export import (
+    OnnxCausalLM,
+    available_providers,
+    check_onnx_logits,
+    execution_providers,
+    export_onnx,
+    tensorrt_session,
+    tensorrt_status,
+)
+from llm_course.infer.static_cache import StaticCacheDecoder
+from llm_course.models.gpt import GPT, GPTConfig
+from llm_course.nn.attention import (
+    MultiHeadAttention,
+    fast_scaled_dot_product_attention,
+    padding_mask,
+    scaled_dot_product_attention,
+)
+from llm_course.nn.quant_formats import NF4_CODE, nf4_dequantize, nf4_quantize
+from llm_course.nn.quantization import NF4Linear, quantize_nf4
+from llm_course.train.checkpoints import load_checkpoint, save_checkpoint
+from llm_course.train.loop import TrainConfig, configure_optimizer, train
+from llm_course.train.practices import activation_memory, checkpointing_report, compare_precisions
+from llm_course.train.precision import autocast_context, check_precision, resolve_precision
+from llm_course.train.qlora import apply_qlora, bitsandbytes_qlora
+from llm_course.zoo.loading import checkpoint_dir, load_pretrained
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 
 DEVICE = "cuda"
 
 
-def api(name: str, *modules: str):
-    """``name`` from the first of ``modules`` that has it.
-
-    The package is being split into subpackages (``llm_course.training`` -> ``llm_course.train.loop``, ...);
-    each test names today's module first and the new one after it, so this file runs on either layout.
-    """
-    for module in modules:
-        try:
-            found = importlib.import_module(module)
-        except ImportError:
-            continue
-        if hasattr(found, name):
-            return getattr(found, name)
-    raise ImportError(f"{name} is in none of {modules}")
-
-
-def training(name: str):
-    return api(name, "llm_course.training", "llm_course.train.loop", "llm_course.train.precision",
-               "llm_course.train.checkpoints")
-
-
-def gpt_classes():
-    return api("GPT", "llm_course.gpt", "llm_course.models.gpt"), api("GPTConfig", "llm_course.gpt",
-                                                                     "llm_course.models.gpt")
-
-
 def tiny_gpt(seed: int = 0, **overrides) -> nn.Module:
-    GPT, GPTConfig = gpt_classes()
     torch.manual_seed(seed)
     return GPT(GPTConfig(**{**dict(vocab_size=64, n_positions=32, n_embd=64, n_layer=2, n_head=4), **overrides}))
 
@@ -70,7 +70,6 @@ def pattern_batches(n: int, batch: int = 8, length: int = 32, vocab: int = 64) -
 
 
 def train_run(precision: str, steps: int = 30, device: str = DEVICE, **cfg):
-    TrainConfig, train = training("TrainConfig"), training("train")
     model = tiny_gpt()
     batches = pattern_batches(steps)
     config = TrainConfig(max_steps=steps, lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_interval=steps,
@@ -82,8 +81,6 @@ def train_run(precision: str, steps: int = 30, device: str = DEVICE, **cfg):
 
 
 def test_get_device_and_describe_device(monkeypatch):
-    get_device = api("get_device", "llm_course.utils", "llm_course.core.runtime")
-    describe_device = api("describe_device", "llm_course.utils", "llm_course.core.runtime")
     monkeypatch.delenv("LLM_COURSE_DEVICE", raising=False)
     assert get_device("cuda") == torch.device("cuda")
     assert get_device("auto").type == DEVICE  # auto prefers CUDA
@@ -99,8 +96,6 @@ def test_get_device_and_describe_device(monkeypatch):
 
 
 def test_precision_resolution_and_autocast_dtypes_on_cuda():
-    resolve_precision, check_precision = training("resolve_precision"), training("check_precision")
-    autocast_context = training("autocast_context")
     device = torch.device(DEVICE)
     assert resolve_precision("auto", device) == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     assert resolve_precision("fp16", DEVICE) == "fp16"  # allowed on CUDA (a ValueError on the CPU)
@@ -145,8 +140,6 @@ def test_train_in_mixed_precision_on_cuda_tracks_fp32(precision, fp32_run):
 
 
 def test_checkpoint_written_on_cuda_loads_on_cpu_and_resumes_on_cuda(tmp_path):
-    save_checkpoint, load_checkpoint = training("save_checkpoint"), training("load_checkpoint")
-    configure_optimizer = training("configure_optimizer")
     # a run checkpointed every 5 steps, and an uninterrupted one of 10 steps
     model, first = train_run("fp32", steps=10, checkpoint_dir=tmp_path / "full", checkpoint_interval=5)
     assert next(model.parameters()).device.type == DEVICE and first.checkpoint.is_file()
@@ -172,7 +165,6 @@ def test_checkpoint_written_on_cuda_loads_on_cpu_and_resumes_on_cuda(tmp_path):
     assert next(iter(gpu_opt.state.values()))["exp_avg"].device.type == DEVICE
 
     # stopped after 5 steps and resumed on the GPU: the same losses as the run that never stopped
-    TrainConfig, train = training("TrainConfig"), training("train")
     batches = pattern_batches(10)
     cfg = dict(lr=3e-3, min_lr=3e-4, warmup_steps=3, eval_interval=10, log_interval=0, progress=False,
                live_plot=False, device=DEVICE, checkpoint_dir=tmp_path / "half")
@@ -194,7 +186,6 @@ def test_checkpoint_written_on_cuda_loads_on_cpu_and_resumes_on_cuda(tmp_path):
 
 
 def _attention_module(dtype=torch.float32):
-    MultiHeadAttention = api("MultiHeadAttention", "llm_course.attention", "llm_course.nn.attention")
     torch.manual_seed(0)
     return MultiHeadAttention(64, 4).to(DEVICE, dtype).eval()
 
@@ -207,7 +198,6 @@ TOLERANCES = {torch.float32: 2e-5, torch.bfloat16: 4e-2}
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_fused_attention_matches_written_out_attention_on_cuda(dtype):
-    padding_mask = api("padding_mask", "llm_course.attention", "llm_course.nn.attention")
     mha = _attention_module(dtype)
     torch.manual_seed(1)
     x = torch.randn(3, 12, 64, device=DEVICE, dtype=dtype)
@@ -251,8 +241,8 @@ def test_fused_attention_matches_written_out_attention_on_cuda(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
 def test_fully_masked_rows_give_zeros_and_finite_gradients_on_cuda(dtype):
-    fast = api("fast_scaled_dot_product_attention", "llm_course.attention", "llm_course.nn.attention")
-    explicit = api("scaled_dot_product_attention", "llm_course.attention", "llm_course.nn.attention")
+    fast = fast_scaled_dot_product_attention
+    explicit = scaled_dot_product_attention
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 2, 6, 16, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
     mask = torch.ones(2, 1, 6, 6, dtype=torch.bool, device=DEVICE)
@@ -299,7 +289,6 @@ def test_fused_attention_runs_on_the_flash_kernel_in_bf16():
 
 @pytest.fixture(scope="module")
 def course_gpt():
-    load_pretrained = api("load_pretrained", "llm_course.zoo", "llm_course.zoo.loading")
     model, tok = load_pretrained("course-gpt")
     return model, tok
 
@@ -327,7 +316,6 @@ def _same_greedy_ids(cpu_model, ids_cpu: torch.Tensor, ids_gpu: torch.Tensor, pr
 def test_greedy_generation_on_cuda_matches_cpu(course_gpt):
     import copy
 
-    generate = api("generate", "llm_course.generation", "llm_course.infer.generation")
     model, tok = course_gpt
     prompt = torch.tensor([tok.encode("Once upon a time, there was a little")])
     on_cpu = generate(model, prompt, max_new_tokens=24)
@@ -350,7 +338,6 @@ def test_greedy_generation_on_cuda_matches_cpu(course_gpt):
 def test_static_cache_steps_match_the_full_forward_on_cuda(course_gpt):
     import copy
 
-    StaticCacheDecoder = api("StaticCacheDecoder", "llm_course.static_cache", "llm_course.infer.static_cache")
     model, tok = course_gpt
     gpu_model = copy.deepcopy(model).to(DEVICE)
     ids = torch.tensor([tok.encode("A small dog ran to the park and")], device=DEVICE)
@@ -379,8 +366,6 @@ def test_static_cache_steps_match_the_full_forward_on_cuda(course_gpt):
 
 def test_transformers_gpt2_generates_the_course_models_ids_on_cuda(course_gpt):
     """The same checkpoint as transformers' GPT2LMHeadModel (its own KV cache) on the GPU: the same greedy ids."""
-    load_pretrained = api("load_pretrained", "llm_course.zoo", "llm_course.zoo.loading")
-    generate = api("generate", "llm_course.generation", "llm_course.infer.generation")
     model, tok = course_gpt
     hf, _ = load_pretrained("course-gpt", as_course_model=False, device=DEVICE)
     assert type(hf).__name__ == "GPT2LMHeadModel" and next(hf.parameters()).device.type == DEVICE
@@ -393,12 +378,10 @@ def test_transformers_gpt2_generates_the_course_models_ids_on_cuda(course_gpt):
 # ------------------------------------------------------------------------------ NF4 and QLoRA (chapters 06, 07)
 
 
-def _quant(name: str):
-    return api(name, "llm_course.quantization", "llm_course.nn.quantization", "llm_course.nn.quant_formats")
+
 
 
 def test_nf4_on_cuda_matches_the_cpu():
-    nf4_quantize, nf4_dequantize = _quant("nf4_quantize"), _quant("nf4_dequantize")
     torch.manual_seed(0)
     w = torch.randn(96, 200) * 0.02  # 19200 values: 300 blocks of 64, the last one padded
     for double_quant in (False, True):
@@ -416,7 +399,6 @@ def test_nf4_on_cuda_matches_the_cpu():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_nf4_linear_on_cuda_is_a_linear_with_the_dequantized_weight(dtype):
-    NF4Linear = _quant("NF4Linear")
     torch.manual_seed(0)
     linear = nn.Linear(128, 48)
     layer = NF4Linear.from_linear(linear).to(DEVICE)
@@ -432,8 +414,6 @@ def test_nf4_linear_on_cuda_is_a_linear_with_the_dequantized_weight(dtype):
 
 
 def test_qlora_from_scratch_trains_on_cuda_like_on_the_cpu():
-    apply_qlora = api("apply_qlora", "llm_course.lora", "llm_course.train.lora", "llm_course.train.qlora")
-    NF4Linear = _quant("NF4Linear")
     batches = pattern_batches(15)
 
     def run(device: str) -> tuple[list[float], nn.Module]:
@@ -475,7 +455,6 @@ def test_nf4_code_and_codes_match_bitsandbytes(shape):
     """quantization.py's claims: NF4_CODE are bitsandbytes' 16 values, packed in bitsandbytes' nibble order,
     with the same per-block absmax (blocks of 64, no double quantization)."""
     bnb = _bnb()
-    NF4_CODE, nf4_quantize, nf4_dequantize = _quant("NF4_CODE"), _quant("nf4_quantize"), _quant("nf4_dequantize")
     torch.testing.assert_close(bnb.functional.get_4bit_type("nf4", device=DEVICE).cpu(), NF4_CODE, atol=1e-7, rtol=0)
     torch.manual_seed(0)
     w = torch.randn(*shape, device=DEVICE) * 0.02
@@ -494,7 +473,6 @@ def test_nf4_code_and_codes_match_bitsandbytes(shape):
 
 def test_nf4_linear_matches_bitsandbytes_linear4bit():
     bnb = _bnb()
-    NF4Linear = _quant("NF4Linear")
     torch.manual_seed(0)
     linear = nn.Linear(256, 64)
     ours = NF4Linear.from_linear(linear, block_size=64, double_quant=False).to(DEVICE)
@@ -522,8 +500,6 @@ def test_bitsandbytes_qlora_loads_course_gpt_in_4bit_and_trains_one_step(course_
     """qlora.bitsandbytes_qlora: a 4-bit NF4 model (double quantization) with LoRA on c_attn; one training step
     changes only the adapters; the 4-bit model's loss is the float model's to NF4's error."""
     bnb = _bnb()
-    bitsandbytes_qlora = api("bitsandbytes_qlora", "llm_course.lora", "llm_course.train.lora", "llm_course.train.qlora")
-    checkpoint_dir = api("checkpoint_dir", "llm_course.zoo", "llm_course.zoo.loading")
     model, tok = course_gpt
     peft_model = bitsandbytes_qlora(str(checkpoint_dir("course-gpt")), r=4, alpha=8, dropout=0.0,
                                     compute_dtype=torch.float32)
@@ -538,7 +514,7 @@ def test_bitsandbytes_qlora_loads_course_gpt_in_4bit_and_trains_one_step(course_
     # layer 0's c_attn: bitsandbytes' codes stand for the float Conv1D weight, transposed (transformers
     # transposes GPT-2's (in, out) weights before quantizing), to NF4's error: at most half the widest gap
     # between NF4 values (0.152) times the block's absmax; the course's own NF4 is off by 0.11 * max|w| here
-    hf, _ = api("load_pretrained", "llm_course.zoo", "llm_course.zoo.loading")("course-gpt", as_course_model=False)
+    hf, _ = load_pretrained("course-gpt", as_course_model=False)
     ref = hf.transformer.h[0].attn.c_attn.weight.detach().T.to(DEVICE)  # (out, in) = (480, 160)
     layer = peft_model.base_model.model.transformer.h[0].attn.c_attn.base_layer
     deq = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state, quant_type="nf4")
@@ -546,7 +522,6 @@ def test_bitsandbytes_qlora_loads_course_gpt_in_4bit_and_trains_one_step(course_
     assert float((deq.float() - ref).abs().max()) <= 0.16 * float(ref.abs().max())
 
     ids = torch.tensor([tok.encode("Once upon a time, there was a little girl who liked to play in the park.")])
-    quantize_nf4 = _quant("quantize_nf4")
     with torch.no_grad():
         float_loss = model(input_ids=ids, labels=ids).loss.item()
         course_nf4_loss = quantize_nf4(model)(input_ids=ids, labels=ids).loss.item()  # a copy, model unchanged
@@ -572,12 +547,10 @@ def test_bitsandbytes_qlora_loads_course_gpt_in_4bit_and_trains_one_step(course_
 # ------------------------------------------------------------------------------ chapter 09 practices
 
 
-def _practices(name: str):
-    return api(name, "llm_course.practices", "llm_course.train.practices")
+
 
 
 def test_activation_memory_and_checkpointing_report_on_cuda():
-    activation_memory, checkpointing_report = _practices("activation_memory"), _practices("checkpointing_report")
     model = tiny_gpt(n_layer=4, n_positions=128, n_embd=128).to(DEVICE)
     ids = torch.randint(0, 64, (8, 128), device=DEVICE)
     batch = {"input_ids": ids, "labels": ids}
@@ -594,7 +567,6 @@ def test_activation_memory_and_checkpointing_report_on_cuda():
 
 
 def test_compare_precisions_on_cuda_includes_fp16_by_default():
-    compare_precisions = _practices("compare_precisions")
     batches = pattern_batches(8, batch=4)
     out = compare_precisions(lambda: tiny_gpt(), batches, device=DEVICE)
     assert list(out["losses"]) == ["fp32", "bf16", "fp16"]
@@ -609,8 +581,6 @@ def test_compare_precisions_on_cuda_includes_fp16_by_default():
 
 
 def test_tensorrt_status_on_this_gpu_is_clear():
-    tensorrt_status = api("tensorrt_status", "llm_course.onnx_export", "llm_course.infer.onnx_export")
-    tensorrt_session = api("tensorrt_session", "llm_course.onnx_export", "llm_course.infer.onnx_export")
     ready, why = tensorrt_status()
     if ready:
         assert torch.cuda.get_device_name() in why and "TensorRT" in why
@@ -625,10 +595,6 @@ def test_tensorrt_status_on_this_gpu_is_clear():
 def test_onnx_export_of_a_cuda_model_and_cuda_execution_provider(tmp_path):
     for package in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(package)
-    ox = "llm_course.onnx_export", "llm_course.infer.onnx_export"
-    export_onnx, OnnxCausalLM = api("export_onnx", *ox), api("OnnxCausalLM", *ox)
-    check_onnx_logits, available_providers = api("check_onnx_logits", *ox), api("available_providers", *ox)
-    execution_providers = api("execution_providers", *ox)
     model = tiny_gpt().to(DEVICE).eval()
     path = export_onnx(model, tmp_path / "gpt.onnx")
     assert next(model.parameters()).device.type == DEVICE  # exported on the CPU, put back on the GPU

@@ -313,7 +313,7 @@ def test_launch_reports_the_scripts_own_error_first(no_torchrun_env, tmp_path):
 @pytest.mark.parametrize("kwargs, error", [
     (dict(nproc=0, args=[]), "nproc must be a positive integer"),
     (dict(nproc=2, args="--steps 3"), "list of command-line words"),
-    (dict(nproc=2, args=[], timeout_s=0), "timeout_s must be > 0"),
+    (dict(nproc=2, args=[], timeout_s=0), "timeout_s must be a finite number > 0"),
     (dict(nproc=2, args=[], module="x; rm -rf /"), "dotted module name"),
 ])
 def test_launch_bad_arguments(kwargs, error):

@@ -92,12 +92,12 @@ def test_default_space():
     ({"lr": (0.0, 1e-3)}, ValueError, "> 0"),
     ({"lr": [1e-3, -1e-3]}, ValueError, "> 0"),
     ({"weight_decay": (-0.1, 0.1)}, ValueError, ">= 0"),
-    ({"batch_size": [0, 8]}, ValueError, ">= 1"),
+    ({"batch_size": [0, 8]}, ValueError, "each batch_size value must be a positive integer, got 0"),
     ({"lr": (1e-4, 1e-3, 1e-2)}, ValueError, "use a list"),
     ({"batch_size": (4, 32)}, TypeError, "list the choices"),
-    ({"batch_size": [4.0, 8]}, TypeError, "integers"),
-    ({"lr": [True]}, TypeError, "numbers"),
-    ({"lr": [float("nan")]}, TypeError, "finite"),
+    ({"batch_size": [4.0, 8]}, TypeError, "integer, got float"),
+    ({"lr": [True]}, TypeError, "each lr value must be a finite number > 0, got bool"),
+    ({"lr": [float("nan")]}, ValueError, "finite"),
     ({"lr": 1e-3}, TypeError, "a list of choices or a"),
 ])
 def test_bad_space_is_a_clear_error(kwargs, error, match):
@@ -280,7 +280,7 @@ def test_a_gpu_request_on_a_machine_without_one_is_refused_not_left_pending():
     assert hpsearch.check_trial_resources(hpsearch.MANUAL_RESOURCES, available={"CPU": 8.0, "GPU": 1.0})
     with pytest.raises(TypeError, match="non-empty dict"):
         hpsearch.check_trial_resources({}, available={"CPU": 2.0})
-    with pytest.raises(ValueError, match="must be a number >= 0"):
+    with pytest.raises(ValueError, match=r"resources\['cpu'\] must be a finite number >= 0, got -1"):
         hpsearch.check_trial_resources({"cpu": -1}, available={"CPU": 2.0})
 
 

@@ -81,7 +81,7 @@ def manual_format_instruction_prompt(instruction, input_text="", output=""):
 
 
 def expected_output(ex: Instruction) -> str:
-    """The right answer, computed independently of llm_course.data."""
+    """The right answer, computed independently of llm_course.text.tasks."""
     if ex.task == "reverse":
         return ex.input[::-1]
     if ex.task == "sort":
@@ -438,15 +438,15 @@ def test_answer_works_the_same_with_transformers_models(tok, hf_tok) -> None:
 def test_bad_inputs_are_clear_errors(tok) -> None:
     with pytest.raises(ValueError, match="n must be a non-negative integer"):
         make_instructions(-1)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(TypeError, match="n must be a non-negative integer, got str"):
         make_instructions("10")
-    with pytest.raises(ValueError, match="unknown split 'val'"):
+    with pytest.raises(ValueError, match="split must be one of 'train', 'test', got 'val'"):
         make_instructions(5, split="val")
-    with pytest.raises(ValueError, match="unknown language"):
+    with pytest.raises(ValueError, match="languages: unknown 'de'"):
         make_instructions(5, languages=("de",))
-    with pytest.raises(ValueError, match="unknown task"):
+    with pytest.raises(ValueError, match="tasks: unknown 'poetry'"):
         make_instructions(5, tasks=("poetry",))
-    with pytest.raises(ValueError, match="unknown task"):
+    with pytest.raises(ValueError, match="tasks is empty"):
         make_instructions(5, tasks=())
     with pytest.raises(ValueError, match="seed"):
         make_instructions(5, seed=-2)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -88,7 +88,7 @@ def _rendered(text: str) -> str:
     return "".join(parts).strip().rstrip("#").strip()
 
 
-@lru_cache(maxsize=None)
+@cache
 def headings(nb_name: str) -> dict[str, str]:
     """anchor -> heading text, for every Markdown heading of a notebook (JupyterLab's anchors)."""
     found = {}
@@ -112,14 +112,18 @@ def _plain(source: str) -> tuple[str, list[str | None]]:
     text, dests = [], []
     pos = 0
     for m in re.finditer(f"{CODE.pattern}|{LINK.pattern}", source, re.S):
-        text.append(source[pos:m.start()]); dests += [None] * (m.start() - pos)
+        text.append(source[pos:m.start()])
+        dests += [None] * (m.start() - pos)
         if m.group().startswith("`"):
-            text.append("⟨code⟩"); dests += [None] * len("⟨code⟩")
+            text.append("⟨code⟩")
+            dests += [None] * len("⟨code⟩")
         else:
             link = LINK.match(m.group())
-            text.append(link.group(1)); dests += [link.group(2)] * len(link.group(1))
+            text.append(link.group(1))
+            dests += [link.group(2)] * len(link.group(1))
         pos = m.end()
-    text.append(source[pos:]); dests += [None] * (len(source) - pos)
+    text.append(source[pos:])
+    dests += [None] * (len(source) - pos)
     return "".join(text), dests
 
 
@@ -240,7 +244,8 @@ def test_the_rules_on_examples(monkeypatch):
         "(did you mean #2.-Mixed-precision?)"]
     assert link_problems(nb, "[x](10_missing.ipynb)")[0].startswith("'10_missing.ipynb': 10_missing.ipynb does not")
     # JupyterLab's anchors are made from the rendered text: no backticks, links by their text
-    assert _rendered("1. The manual's `Trainer` code, **run** [today](x.ipynb)") == "1. The manual's Trainer code, run today"
+    rendered = _rendered("1. The manual's `Trainer` code, **run** [today](x.ipynb)")
+    assert rendered == "1. The manual's Trainer code, run today"
     assert _rendered("3. `snake_case` and _emphasis_") == "3. snake_case and emphasis"
 
 

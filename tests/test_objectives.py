@@ -439,7 +439,7 @@ def test_errors_are_clear():
     for p in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="mlm_probability"):
             mask_tokens(ids, MASK, V, [PAD], mlm_probability=p)
-    with pytest.raises(ValueError, match="mask_token_id=270"):
+    with pytest.raises(ValueError, match=r"mask_token_id must be an integer in \[0, 269\], got 270"):
         mask_tokens(ids, V, V, [PAD])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         mask_tokens(ids + V, MASK, V, [PAD])
@@ -451,8 +451,12 @@ def test_errors_are_clear():
         mask_tokens(ids, MASK, V, [PAD], mask_replace_prob=0.9, random_replace_prob=0.2)
 
     for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError, match="non-negative"):
+        with pytest.raises(ValueError, match="loss_nats must be a number >= 0, got"):
             perplexity(bad)
+    with pytest.raises(TypeError, match="loss_nats must be a number >= 0, got str"):
+        perplexity("1.0")
+    with pytest.raises(TypeError, match="block_size must be an integer >= 2, got float"):
+        random_blocks(tokens, 2, 4.0)
     with pytest.raises(ValueError, match="n_chars"):
         bits_per_char(1.0, 0)
     with pytest.raises(ValueError, match="single number"):

@@ -397,14 +397,14 @@ def test_show_rejects_invalid_values_and_changes_nothing(gpt, tok):
     ex = make(gpt, tok).show(temperature=0.8, top_k=5)
     png, state = ex.png, (ex.temperature.value, ex.top_k.value, ex.top_p.value, ex.prompt.value)
     for bad, match in [
-        (dict(temperature=0), r"temperature=0 is out of range: use a number from 0\.05 to 2"),
+        (dict(temperature=0), r"temperature must be a number in \[0\.05, 2\], got 0\.0"),
         (dict(temperature=-1.0), "greedy decoding"),
-        (dict(temperature=2.5), r"from 0\.05 to 2$"),
-        (dict(top_k=-1), r"top_k=-1 .* from 0 to 100 \(0 turns top-k off\)"),
-        (dict(top_k=101), r"0 to 100"),
-        (dict(top_p=0.0), r"top_p=0\.0 .* 0\.05 to 1"),
-        (dict(top_p=1.5), r"top_p=1\.5"),
-        (dict(repetition_penalty=0.5), r"1 to 2 \(1 = no penalty\)"),
+        (dict(temperature=2.5), r"in \[0\.05, 2\], got 2\.5"),
+        (dict(top_k=-1), r"top_k must be an integer in \[0, 100\], got -1: 0 turns top-k off"),
+        (dict(top_k=101), r"\[0, 100\]"),
+        (dict(top_p=0.0), r"top_p must be a number in \[0\.05, 1\], got 0\.0"),
+        (dict(top_p=1.5), r"top_p .* got 1\.5"),
+        (dict(repetition_penalty=0.5), r"\[1, 2\], got 0\.5: 1 = no penalty"),
         (dict(seed=-3), "seed"),
         (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(prompt="new text", temperature=5.0), "temperature"),  # the prompt is not applied either

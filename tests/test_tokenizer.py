@@ -378,8 +378,10 @@ def test_unknown_id(mixed: ByteLevelBPETokenizer) -> None:
         mixed.decode([5, 1500])
     with pytest.raises(ValueError, match="token id -1"):
         mixed.decode([-1])
-    with pytest.raises(ValueError, match="token id 99999"):
+    with pytest.raises(ValueError, match=r"token_id must be an integer in \[0, 1499\], got 99999: vocab_size=1500"):
         mixed.id_to_token(99999)
+    with pytest.raises(TypeError, match="token_id must be an integer"):
+        mixed.id_to_token(True)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="integer ids"):
         mixed.decode(["a"])  # type: ignore[list-item]
     with pytest.raises(TypeError, match=r"decode\(\[id\]\)"):

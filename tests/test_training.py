@@ -76,10 +76,19 @@ def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
     (dict(max_steps=0), "max_steps"), (dict(warmup_steps=50, max_steps=10), "warmup_steps"),
     (dict(lr=0.0), "lr"), (dict(min_lr=1.0, lr=0.1), "min_lr"), (dict(betas=(0.9, 1.5)), "betas"),
     (dict(grad_accum_steps=0), "grad_accum_steps"), (dict(grad_clip=-1.0), "grad_clip"),
-    (dict(chars_per_token=0.0), "chars_per_token"), (dict(seed=-1), "seed"), (dict(eval_steps=1.5), "eval_steps"),
+    (dict(chars_per_token=0.0), "chars_per_token"), (dict(seed=-1), "seed"),
 ])
 def test_config_rejects_bad_values(kw, word):
     with pytest.raises(ValueError, match=word):
+        TrainConfig(**kw)
+
+
+@pytest.mark.parametrize("kw, word", [
+    (dict(eval_steps=1.5), "eval_steps"), (dict(max_steps=True), "max_steps"), (dict(lr="3e-4"), "lr"),
+    (dict(seed=1.0), "seed"),
+])
+def test_config_rejects_bad_types(kw, word):
+    with pytest.raises(TypeError, match=f"TrainConfig.{word} must be"):
         TrainConfig(**kw)
 
 

@@ -54,6 +54,7 @@ import ipywidgets as widgets
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_positive_int
 from llm_course.infer.generation import generate
 from llm_course.infer.logits_processors import GenerationConfig
 from llm_course.models.modeling import context_length
@@ -146,8 +147,7 @@ def build_prompt_ids(
     how long they are.
     """
     messages = check_messages(messages)
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ValueError(f"max_tokens must be a positive integer or None, got {max_tokens!r}")
+    check_positive_int("max_tokens", max_tokens, allow_none=True)
     if messages[-1]["role"] != "user":
         raise ValueError(f"the last message must be the user's (the one to answer), got role "
                          f"{messages[-1]['role']!r}")
@@ -231,8 +231,7 @@ class ChatBot:
             raise TypeError(f"model must be a causal LM (a torch nn.Module), got {type(model).__name__}")
         if system_prompt is not None and (not isinstance(system_prompt, str) or not system_prompt.strip()):
             raise ValueError("system_prompt must be a non-empty string or None")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        check_positive_int("max_new_tokens", max_new_tokens)
         self.model, self.tokenizer, self.system_prompt = model, tokenizer, system_prompt
         self.eos_id = eos_token_id(tokenizer)
         forced = {"max_new_tokens": max_new_tokens, "eos_token_id": self.eos_id, "pad_token_id": self.eos_id,
@@ -254,8 +253,7 @@ class ChatBot:
         self.context = context_length(model)
         if reserve_tokens is None:
             reserve_tokens = max_new_tokens
-        if isinstance(reserve_tokens, bool) or not isinstance(reserve_tokens, int) or reserve_tokens < 1:
-            raise ValueError(f"reserve_tokens must be a positive integer, got {reserve_tokens!r}")
+        check_positive_int("reserve_tokens", reserve_tokens)
         if self.context is not None and reserve_tokens >= self.context:
             raise ValueError(f"reserve_tokens ({reserve_tokens}) leaves no room for the prompt in the context "
                              f"window of {self.context} tokens; ask for a shorter reply (max_new_tokens)")

@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llm_course.apps.chat import ChatBot, render_chat
+from llm_course.core.checks import check_choice, check_int, check_positive_int
 from llm_course.models.modeling import context_length
 from llm_course.nn.objectives import IGNORE_INDEX
 from llm_course.text.dialogs import Dialog, load_dialogs
@@ -78,12 +79,9 @@ def chat_conversations(
     hash of its text) is "test"; the Russian dialogs (43, too few to split) are all "train", repeated
     ``russian_repeats`` times so that 5% of the data is not drowned by the English 95%.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
-        raise ValueError(f"max_history must be a positive integer (turns before the reply), got {max_history!r}")
-    if isinstance(russian_repeats, bool) or not isinstance(russian_repeats, int) or russian_repeats < 1:
-        raise ValueError(f"russian_repeats must be a positive integer, got {russian_repeats!r}")
+    check_choice("split", split, ("train", "test"))
+    check_positive_int("max_history", max_history, hint="turns before the reply")
+    check_positive_int("russian_repeats", russian_repeats)
     rng = random.Random(seed)
     examples: list[list[dict[str, str]]] = []
     for language in languages:
@@ -146,8 +144,8 @@ def chat_tune(
     context = context_length(model) or 1024
     if max_length is None:
         max_length = context
-    elif isinstance(max_length, bool) or not isinstance(max_length, int) or not 2 <= max_length <= context:
-        raise ValueError(f"max_length must be an integer in [2, {context}] (the model's context), got {max_length!r}")
+    else:
+        check_int("max_length", max_length, 2, context, hint=f"at most the model's context, {context} tokens")
     encoded, skipped = [], 0
     for conversation in conversations:
         try:

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_int, check_positive_int
 from llm_course.infer.generation import generate, sequence_logprob
 from llm_course.models.intro import mean_pool
 from llm_course.models.modeling import context_length
@@ -458,9 +459,9 @@ def train_encoder_classifier(train_texts: Sequence[str], train_labels: Sequence[
         raise ValueError(f"train_labels holds labels not in labels: {unknown}")
     for text in train_texts:
         _check_text(text, "a training text")
-    for name, value, low in (("steps", steps, 0), ("batch_size", batch_size, 1), ("max_length", max_length, 8)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_int("steps", steps, minimum=0)
+    check_positive_int("batch_size", batch_size)
+    check_int("max_length", max_length, minimum=8)
 
     torch.manual_seed(seed)
     encoder, tokenizer = _load_encoder(path)

@@ -86,6 +86,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_choice, check_int, check_positive_int, check_str
 from llm_course.core.runtime import eval_mode
 from llm_course.infer.generation import generate
 from llm_course.models.modeling import context_length
@@ -171,10 +172,8 @@ def summary_pairs(split: str = "train", max_source_chars: int = MAX_SOURCE_CHARS
     ``split``: "train" (9 in 10 entries) or "test" (the others, chosen by a SHA-256 hash of the name:
     stable across runs and machines), or "all".
     """
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-    if isinstance(max_source_chars, bool) or not isinstance(max_source_chars, int) or max_source_chars < MIN_REST_CHARS:
-        raise ValueError(f"max_source_chars must be an integer >= {MIN_REST_CHARS}, got {max_source_chars!r}")
+    check_choice("split", split, ("train", "test", "all"))
+    check_int("max_source_chars", max_source_chars, minimum=MIN_REST_CHARS)
     if max_source_chars not in _PAIRS:
         _PAIRS[max_source_chars] = _build_pairs(max_source_chars)
     return [pair for pair_split, pair in _PAIRS[max_source_chars] if split in ("all", pair_split)]
@@ -312,12 +311,6 @@ def _source_ids(tokenizer: Any, text: str, max_source_tokens: int, prefix: str =
     return ids[: max_source_tokens - 1] + [eos_token_id(tokenizer)]
 
 
-def _check_positive(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def encode_pair(
     tokenizer: Any, pair: SummaryPair | tuple[str, str], max_source_tokens: int = MAX_SOURCE_TOKENS
 ) -> dict[str, list[int]]:
@@ -328,7 +321,7 @@ def encode_pair(
     behind its decoder start token itself (teacher forcing, ``T5.shift_right``).
     """
     source, target = (pair.source, pair.target) if isinstance(pair, SummaryPair) else pair
-    _check_positive("max_source_tokens", max_source_tokens, 2)
+    check_int("max_source_tokens", max_source_tokens, minimum=2)
     _check_text(source, "the source")
     _check_text(target, "the target")
     input_ids = _source_ids(tokenizer, source, max_source_tokens)
@@ -404,9 +397,9 @@ def summarize(
     """
     single = isinstance(texts, str)
     texts = _check_texts([texts] if single else texts)
-    _check_positive("max_new_tokens", max_new_tokens)
-    _check_positive("max_source_tokens", max_source_tokens, 2)
-    _check_positive("batch_size", batch_size)
+    check_positive_int("max_new_tokens", max_new_tokens)
+    check_int("max_source_tokens", max_source_tokens, minimum=2)
+    check_positive_int("batch_size", batch_size)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a seq2seq torch model, got {type(model).__name__}")
     course = isinstance(model, T5)
@@ -462,9 +455,10 @@ def tldr_summarize(
     """
     single = isinstance(texts, str)
     texts = _check_texts([texts] if single else texts)
-    _check_positive("max_new_tokens", max_new_tokens)
-    _check_positive("batch_size", batch_size)
-    if not isinstance(prompt, str) or prompt.count("{text}") != 1:
+    check_positive_int("max_new_tokens", max_new_tokens)
+    check_positive_int("batch_size", batch_size)
+    check_str("prompt", prompt)
+    if prompt.count("{text}") != 1:
         raise ValueError(f"prompt must contain '{{text}}' exactly once, got {prompt!r}")
     head, tail = prompt.split("{text}")
     head_ids = encode_plain(tokenizer, head) if head else []

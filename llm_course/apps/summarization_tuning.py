@@ -154,7 +154,9 @@ def summarization_tune(
     """
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
-    if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not pairs:
+    if isinstance(pairs, str) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a list of SummaryPair (or (source, target) tuples), got {type(pairs).__name__}")
+    if not pairs:
         raise ValueError("pairs must be a non-empty list of SummaryPair (or (source, target) tuples)")
     encoded = [encode_pair(tokenizer, p, max_source_tokens) for p in pairs]
     held_out = None

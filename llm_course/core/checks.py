@@ -44,6 +44,7 @@ __all__ = [
     "check_fraction",
     "check_probability",
     "check_choice",
+    "check_choices",
     "check_bool",
     "check_str",
 ]
@@ -81,14 +82,15 @@ def _int_wanted(minimum: int | None, maximum: int | None) -> str:
 
 
 def _float_wanted(low: float | None, high: float | None, low_open: bool, high_open: bool, finite: bool) -> str:
-    """``"a number > 0"``, ``"a number in [0, 1)"``, ...: what check_float asks for."""
+    """``"a finite number > 0"``, ``"a number in [0, 1)"``, ...: what check_float asks for."""
     if low is not None and high is not None:
         return f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    number = "a finite number" if finite else "a number"
     if low is not None:
-        return f"a number {'>' if low_open else '>='} {low:g}"
+        return f"{number} {'>' if low_open else '>='} {low:g}"
     if high is not None:
-        return f"a number {'<' if high_open else '<='} {high:g}"
-    return "a finite number" if finite else "a number"
+        return f"{number} {'<' if high_open else '<='} {high:g}"
+    return number
 
 
 def _is_int(value: Any) -> bool:
@@ -231,6 +233,29 @@ def check_choice(name: str, value: Any, allowed: Sequence[Any], *, hint: str = "
         if isinstance(value, str) else []
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(f"{name} must be one of {options}, got {value!r}{guess}{_tail(hint)}")
+
+
+def check_choices(name: str, values: Any, allowed: Sequence[Any], *, hint: str = "") -> tuple[Any, ...]:
+    """``values``, one or several of ``allowed``, as a tuple without repeats (in their order). Chapter 01.
+
+    A single string counts as one value (``languages="en"`` is ``("en",)``). TypeError when ``values``
+    is not a string or an iterable of values; ValueError when it is empty or holds a value that is not
+    allowed (the message names the unknown ones and lists the choices).
+    """
+    if isinstance(values, str):
+        values = (values,)
+    try:
+        values = tuple(dict.fromkeys(values))
+    except TypeError:
+        raise TypeError(f"{name} must be a list of choices from {', '.join(map(repr, allowed))}, got "
+                        f"{_got(values)}{_tail(hint)}") from None
+    options = ", ".join(repr(a) for a in allowed)
+    if not values:
+        raise ValueError(f"{name} is empty: choose at least one of {options}{_tail(hint)}")
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"{name}: unknown {', '.join(map(repr, unknown))}; choose from {options}{_tail(hint)}")
+    return values
 
 
 def check_bool(name: str, value: Any, *, hint: str = "") -> bool:

@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_int, check_str
 from llm_course.core.runtime import eval_mode
 from llm_course.infer.beam_search import beam_search
 from llm_course.infer.decode_step import DecodeState, next_token_logits
@@ -250,8 +251,7 @@ def stream(
     if config.num_beams > 1:
         raise ValueError("stream() decodes one token at a time; beam search (num_beams > 1) only knows its best "
                          "text at the end: use generate()")
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError("the prompt must be a non-empty string")
+    check_str("prompt", prompt, non_empty=True)
     ids = torch.tensor([encode_plain(tokenizer, prompt)])
     input_ids, attention_mask = _check_inputs(model, ids, None, config)
     start, shown = input_ids.shape[1], ""
@@ -281,8 +281,7 @@ def sequence_logprob(model: nn.Module, ids: torch.Tensor, prompt_length: int) ->
     ahead, so they usually end lower.
     """
     ids = ids.reshape(1, -1).to(next(model.parameters()).device)
-    if not 0 < prompt_length < ids.shape[1]:
-        raise ValueError(f"prompt_length must be between 1 and {ids.shape[1] - 1}, got {prompt_length}")
+    check_int("prompt_length", prompt_length, 1, ids.shape[1] - 1, hint="some tokens must follow the prompt")
     with eval_mode(model):
         log_probs = F.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)  # position t predicts t + 1
     targets = ids[0, prompt_length:]

@@ -17,12 +17,12 @@ The decoding loops that use them are in ``llm_course.infer.generation`` and ``ll
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from llm_course.core.checks import check_choice, check_int, check_positive, check_positive_int, check_probability
 
 __all__ = [
     "GenerationConfig",
@@ -77,27 +77,16 @@ class GenerationConfig:
     slide_context: bool = False
 
     def __post_init__(self) -> None:
-        def integer(name: str, value: Any, low: int) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-        integer("max_new_tokens", self.max_new_tokens, 0)
-        integer("num_beams", self.num_beams, 1)
-        integer("num_return_sequences", self.num_return_sequences, 1)
-        if self.top_k is not None:
-            integer("top_k", self.top_k, 0)
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature <= 0:
-            raise ValueError(
-                f"temperature must be a number > 0, got {self.temperature!r}: it divides the logits, so 0 would "
-                "divide by zero. For the most likely token every time use do_sample=False (greedy decoding)"
-            )
-        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 keeps every token), got {self.top_p!r}")
-        if not isinstance(self.repetition_penalty, (int, float)) or not self.repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = no penalty, > 1 discourages repeats), "
-                             f"got {self.repetition_penalty!r}")
-        if self.early_stopping not in (True, False, "never"):
-            raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        check_int("max_new_tokens", self.max_new_tokens, minimum=0)
+        check_positive_int("num_beams", self.num_beams)
+        check_positive_int("num_return_sequences", self.num_return_sequences)
+        check_int("top_k", self.top_k, minimum=0, allow_none=True, hint="0 or None turns top-k off")
+        check_positive("temperature", self.temperature, hint="it divides the logits, so 0 would divide by zero. "
+                       "For the most likely token every time use do_sample=False (greedy decoding)")
+        check_probability("top_p", self.top_p, low_open=True, hint="1 keeps every token")
+        check_positive("repetition_penalty", self.repetition_penalty,
+                       hint="1 = no penalty, > 1 discourages repeats")
+        check_choice("early_stopping", self.early_stopping, (True, False, "never"))
         if not self.do_sample:
             ignored = [f"{k}={v!r}" for k, v, off in (("temperature", self.temperature, 1.0),
                                                        ("top_k", self.top_k, None), ("top_p", self.top_p, 1.0))
@@ -160,8 +149,7 @@ def apply_repetition_penalty(logits: torch.Tensor, input_ids: torch.Tensor, pena
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Divide the logits by ``temperature`` (> 0): < 1 sharpens the distribution, > 1 flattens it. Chapter 07."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r} (use greedy decoding for 'temperature 0')")
+    check_positive("temperature", temperature, hint="use greedy decoding for 'temperature 0'")
     return logits / temperature
 
 
@@ -173,8 +161,7 @@ def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     """
     if k is None or k == 0:
         return logits
-    if k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 or None: off), got {k}")
+    check_int("top_k", k, minimum=0, hint="0 or None: off")
     kth_best = torch.topk(logits, min(k, logits.shape[-1])).values[..., -1:]  # (B, 1)
     return logits.masked_fill(logits < kth_best, float("-inf"))
 
@@ -187,8 +174,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     >= p. The most likely token always stays. ``p = 1``: nothing is dropped. (The same steps as
     transformers' ``TopPLogitsWarper``, so ties at the boundary are cut the same way.)
     """
-    if not 0 < p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {p!r}")
+    check_probability("top_p", p, low_open=True, hint="1 keeps every token")
     sorted_logits, order = torch.sort(logits, descending=False)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     drop_sorted = cumulative <= (1 - p)

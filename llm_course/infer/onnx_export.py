@@ -56,8 +56,8 @@ import importlib.util
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -287,8 +287,9 @@ def tensorrt_session(path: str | os.PathLike, max_batch: int = 4, fp16: bool = F
     minutes) and cached in ``cache_dir`` (default: next to the file). ``fp16``: let TensorRT run layers
     in half precision (faster, further from PyTorch's logits). Even in fp32 TensorRT may use TF32 matrix
     multiplies (its default on Ampere and newer GPUs), so compare logits with a tolerance near 1e-2,
-    not ONNX Runtime's 1e-4 on the CPU. CUDA covers the operators TensorRT lacks. Raises ``RuntimeError`` with ``tensorrt_status()``'s reason when this
-    machine cannot run TensorRT, or when the session fell back to another provider.
+    not ONNX Runtime's 1e-4 on the CPU. CUDA covers the operators TensorRT lacks. Raises ``RuntimeError``
+    with ``tensorrt_status()``'s reason when this machine cannot run TensorRT, or when the session fell
+    back to another provider.
     """
     ready, why = tensorrt_status()
     if not ready:

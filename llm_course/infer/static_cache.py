@@ -110,7 +110,8 @@ class StaticCacheDecoder:
         """Feed one token per row, (B,); return the next-token logits (B, V)."""
         t = self.length
         if t >= self.max_length:
-            raise ValueError(f"the cache is full ({self.max_length} positions); make a decoder with a larger max_length")
+            raise ValueError(f"the cache is full ({self.max_length} positions); make a decoder with a larger "
+                             "max_length")
         m, H, D = self.model, self.n_head, self.head_dim
         B = next_ids.shape[0]
         x = (m.wte(next_ids) + m.wpe(self.positions))[:, None, :]  # (B, 1, C): token + its position

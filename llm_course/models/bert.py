@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_choice, check_index, check_positive_int
 from llm_course.models.modeling import (
     NameMap,
     PretrainedMixin,
@@ -71,18 +72,14 @@ class BERTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BERTConfig.{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"BERTConfig.{name}", getattr(self, name))
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}): each head gets hidden_size // num_attention_heads channels"
             )
-        if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"unknown hidden_act {self.hidden_act!r}; choose one of {sorted(ACTIVATIONS)}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"pad_token_id ({self.pad_token_id}) must be a token id in [0, {self.vocab_size})")
+        check_choice("BERTConfig.hidden_act", self.hidden_act, sorted(ACTIVATIONS))
+        check_index("BERTConfig.pad_token_id", self.pad_token_id, self.vocab_size, hint="a token id")
 
 
 @dataclass

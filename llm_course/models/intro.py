@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llm_course.core.checks import check_int, check_positive, check_positive_int
 from llm_course.core.runtime import quiet_loading
 from llm_course.models.shape import ModelShape
 
@@ -36,10 +37,8 @@ class BigramLM:
     """
 
     def __init__(self, vocab_size: int, alpha: float = 0.1):
-        if vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-        if alpha <= 0:
-            raise ValueError(f"alpha (smoothing) must be > 0 so no token has probability 0, got {alpha}")
+        check_positive_int("vocab_size", vocab_size)
+        check_positive("alpha", alpha, hint="the smoothing: no token may have probability 0")
         self.vocab_size = vocab_size
         self.alpha = alpha
         self.counts = np.zeros((vocab_size, vocab_size), dtype=np.float64)
@@ -58,8 +57,8 @@ class BigramLM:
 
     def generate(self, start: int, n: int, seed: int = 0, temperature: float = 1.0) -> list[int]:
         """Sample ``n`` tokens after ``start``: predict, sample, append, repeat."""
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0 (use a small value such as 0.1 for near-greedy)")
+        check_positive("temperature", temperature, hint="use a small value such as 0.1 for near-greedy")
+        check_int("n", n, minimum=0)
         rng = np.random.default_rng(seed)
         out = [start]
         for _ in range(n):
@@ -107,8 +106,7 @@ def gpt_param_breakdown(n_layer: int, n_embd: int, vocab_size: int, n_positions:
     """
     d = n_embd
     for name, v in dict(n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, n_positions=n_positions).items():
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1, got {v}")
+        check_positive_int(name, v)
     parts = {
         "token embedding": vocab_size * d,
         "position embedding": n_positions * d,

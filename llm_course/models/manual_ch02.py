@@ -32,7 +32,7 @@ experiments below (``future_token_influence``, ``padding_influence``) measure th
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

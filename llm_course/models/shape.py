@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llm_course.core.checks import check_int
 from llm_course.models.bert import BERTConfig
 from llm_course.models.gpt import GPTConfig
 
@@ -40,11 +41,7 @@ class ModelShape:
     def __post_init__(self) -> None:
         name = type(self).__name__
         for field, minimum in (("vocab_size", 2), ("n_layer", 1), ("n_head", 1), ("n_embd", 1), ("block_size", 2)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}.{field} must be an integer, got {type(value).__name__} {value!r}")
-            if value < minimum:
-                raise ValueError(f"{name}.{field} must be an integer >= {minimum}, got {value!r}")
+            check_int(f"{name}.{field}", getattr(self, field), minimum=minimum)
         if self.n_embd % self.n_head != 0:
             raise ValueError(f"{name}: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                              "each head gets n_embd // n_head channels")

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_choice, check_index, check_positive_int
 from llm_course.models.modeling import (
     NameMap,
     PretrainedMixin,
@@ -102,22 +103,16 @@ class T5Config:
             self.num_decoder_layers = self.num_layers
         for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
                      "relative_attention_num_buckets", "relative_attention_max_distance"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"T5Config.{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"T5Config.{name}", getattr(self, name))
         if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
             raise ValueError(
                 f"relative_attention_max_distance ({self.relative_attention_max_distance}) must be larger than "
                 f"relative_attention_num_buckets // 2 ({self.relative_attention_num_buckets // 2}): the exact "
                 "buckets already cover that far, so there would be no room for the logarithmic ones"
             )
-        if self.feed_forward_proj not in _FEED_FORWARD:
-            raise ValueError(
-                f"feed_forward_proj must be one of {sorted(_FEED_FORWARD)}, got {self.feed_forward_proj!r}"
-            )
+        check_choice("T5Config.feed_forward_proj", self.feed_forward_proj, sorted(_FEED_FORWARD))
         for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be a token id in [0, {self.vocab_size})")
+            check_index(f"T5Config.{name}", getattr(self, name), self.vocab_size, hint="a token id")
 
 
 @dataclass

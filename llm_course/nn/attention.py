@@ -35,7 +35,8 @@ common, integer masks are refused with a message instead of guessing what 0 and 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn

@@ -37,6 +37,8 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from llm_course.core.checks import check_float, check_index, check_int, check_positive_int, check_probability
+
 __all__ = [
     "IGNORE_INDEX",
     "concatenate_documents",
@@ -60,28 +62,7 @@ IGNORE_INDEX = -100  # label value that PyTorch's cross_entropy (and transformer
 # --------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value: object, minimum: int = 1, hint: str = "") -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}{hint}")
-    return value
-
-
-def _check_block_size(block_size: object) -> int:
-    return _check_positive_int(
-        "block_size", block_size, minimum=2,
-        hint=" (a block needs at least 2 tokens: one to read and one to predict)",
-    )
-
-
-def _check_token_id(name: str, value: object, vocab_size: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int token id, got {type(value).__name__}")
-    if value < 0 or (vocab_size is not None and value >= vocab_size):
-        where = f"[0, {vocab_size})" if vocab_size is not None else ">= 0"
-        raise ValueError(f"{name}={value} is not a valid token id: it must be in {where}")
-    return value
+_BLOCK_SIZE_HINT = "a block needs at least 2 tokens, one to read and one to predict"
 
 
 def _check_ids_tensor(name: str, ids: object, ndim: int) -> torch.Tensor:
@@ -104,18 +85,6 @@ def _check_ids_tensor(name: str, ids: object, ndim: int) -> torch.Tensor:
             "ignored labels and is not a token)"
         )
     return ids.long()
-
-
-def _check_probability(name: str, p: object, low_open: bool = True, high_open: bool = True) -> float:
-    if not isinstance(p, (int, float)) or isinstance(p, bool):
-        raise TypeError(f"{name} must be a float, got {type(p).__name__}")
-    p = float(p)
-    too_low = p <= 0 if low_open else p < 0
-    too_high = p >= 1 if high_open else p > 1
-    if not math.isfinite(p) or too_low or too_high:
-        interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
-        raise ValueError(f"{name} must be in {interval}, got {p}")
-    return p
 
 
 def _check_same_shape(name: str, tensor: torch.Tensor | None, input_ids: torch.Tensor) -> None:
@@ -153,7 +122,7 @@ def concatenate_documents(docs_ids: Iterable[Sequence[int]], eos_id: int) -> tor
     begins (GPT-2 uses ``<|endoftext|>``), and teaches it to predict the end of a text. Empty documents
     are skipped. Returns a LongTensor of shape (num_tokens,).
     """
-    _check_token_id("eos_id", eos_id)
+    check_int("eos_id", eos_id, minimum=0, hint="a token id")
     if isinstance(docs_ids, (str, bytes)) or isinstance(docs_ids, torch.Tensor) and docs_ids.ndim < 2:
         raise TypeError("docs_ids must be an iterable of documents, each a list of token ids (e.g. tok.encode(text))")
     pieces: list[torch.Tensor] = []
@@ -178,7 +147,7 @@ def pack_documents(docs_ids: Iterable[Sequence[int]], block_size: int, eos_id: i
     A block may start in the middle of a document and span several documents; the ``eos`` token between
     them marks the boundary. Train with ``causal_lm_batch(blocks)`` (labels = input_ids).
     """
-    block_size = _check_block_size(block_size)
+    block_size = check_int("block_size", block_size, minimum=2, hint=_BLOCK_SIZE_HINT)
     stream = concatenate_documents(docs_ids, eos_id)
     n_blocks = stream.numel() // block_size
     if n_blocks == 0:
@@ -207,8 +176,7 @@ def causal_lm_batch(
     ``input_ids != pad_id`` when ``pad_id`` is given (careful: that also hides real tokens equal to pad_id,
     such as an eos used as padding) and all ones otherwise.
     """
-    if pad_id is not None:
-        _check_token_id("pad_id", pad_id)
+    check_int("pad_id", pad_id, minimum=0, hint="a token id", allow_none=True)
     if not isinstance(input_ids, torch.Tensor):
         seqs = list(input_ids)
         if not seqs or any(isinstance(s, (int, str)) for s in seqs):
@@ -256,8 +224,8 @@ def random_blocks(
     ``tokens``: 1-D ids, e.g. ``concatenate_documents(...)``. ``device``: where to put the batch.
     """
     tokens = _check_ids_tensor("tokens", tokens, ndim=1)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    block_size = _check_block_size(block_size)
+    batch_size = check_positive_int("batch_size", batch_size)
+    block_size = check_int("block_size", block_size, minimum=2, hint=_BLOCK_SIZE_HINT)
     if tokens.numel() < block_size:
         raise ValueError(
             f"tokens holds only {tokens.numel()} tokens, fewer than block_size={block_size}: "
@@ -291,9 +259,9 @@ def sequential_blocks(
     here, not when iteration starts.
     """
     tokens = _check_ids_tensor("tokens", tokens, ndim=1)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    block_size = _check_block_size(block_size)
-    _check_token_id("pad_id", pad_id)
+    batch_size = check_positive_int("batch_size", batch_size)
+    block_size = check_int("block_size", block_size, minimum=2, hint=_BLOCK_SIZE_HINT)
+    check_int("pad_id", pad_id, minimum=0, hint="a token id")
     n = tokens.numel()
     if n < 2:
         raise ValueError(f"tokens holds {n} token(s): evaluation needs at least 2 (one to read, one to predict)")
@@ -324,8 +292,10 @@ def count_targets(labels: torch.Tensor) -> int:
     The model's loss is the mean over these; ``loss * count_targets(labels)`` is the batch's total in nats,
     which is what adds up across batches of different sizes (for ``perplexity`` / ``bits_per_char``).
     """
-    if not isinstance(labels, torch.Tensor) or labels.ndim != 2:
-        raise ValueError("labels must be a (batch, seq_len) tensor")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a (batch, seq_len) tensor, got {type(labels).__name__}")
+    if labels.ndim != 2:
+        raise ValueError(f"labels must have shape (batch, seq_len), got {tuple(labels.shape)}")
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
@@ -361,16 +331,17 @@ def mask_tokens(
     same shapes out.
     """
     input_ids = _check_ids_tensor("input_ids", input_ids, ndim=2)
-    vocab_size = _check_positive_int("vocab_size", vocab_size, minimum=2)
-    mask_token_id = _check_token_id("mask_token_id", mask_token_id, vocab_size)
+    vocab_size = check_int("vocab_size", vocab_size, minimum=2)
+    mask_token_id = check_index("mask_token_id", mask_token_id, vocab_size, hint="a token id in the vocabulary")
     if isinstance(special_token_ids, (int, str)):
         raise TypeError("special_token_ids must be a list of ints, e.g. [pad_id, cls_id, sep_id, mask_id]")
     specials = {mask_token_id}  # [MASK] itself is never selected
     for i in special_token_ids:
-        specials.add(_check_token_id("special token id", int(i) if isinstance(i, torch.Tensor) else i, vocab_size))
-    mlm_probability = _check_probability("mlm_probability", mlm_probability)
-    mask_replace_prob = _check_probability("mask_replace_prob", mask_replace_prob, False, False)
-    random_replace_prob = _check_probability("random_replace_prob", random_replace_prob, False, False)
+        token_id = int(i) if isinstance(i, torch.Tensor) else i
+        specials.add(check_index("special token id", token_id, vocab_size, hint="a token id in the vocabulary"))
+    mlm_probability = check_probability("mlm_probability", mlm_probability, low_open=True, high_open=True)
+    mask_replace_prob = check_probability("mask_replace_prob", mask_replace_prob)
+    random_replace_prob = check_probability("random_replace_prob", random_replace_prob)
     if mask_replace_prob + random_replace_prob > 1:
         raise ValueError(
             f"mask_replace_prob + random_replace_prob = {mask_replace_prob + random_replace_prob} > 1: they are "
@@ -466,12 +437,7 @@ def _as_float(name: str, value: float | torch.Tensor) -> float:
         if value.numel() != 1:
             raise ValueError(f"{name} must be a single number, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative number of nats (a cross-entropy), got {value}")
-    return value
+    return check_float(name, value, low=0.0, finite=False, hint="a cross-entropy in nats is never negative")
 
 
 def perplexity(loss_nats: float | torch.Tensor) -> float:
@@ -495,5 +461,5 @@ def bits_per_char(total_nats: float | torch.Tensor, n_chars: int) -> float:
     the cost of knowing nothing about 256 byte values.)
     """
     total = _as_float("total_nats", total_nats)
-    n_chars = _check_positive_int("n_chars", n_chars)
+    n_chars = check_positive_int("n_chars", n_chars)
     return total / (n_chars * math.log(2))

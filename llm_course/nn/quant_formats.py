@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_int
+
 __all__ = [
     "int8_quantize",
     "int8_dequantize",
@@ -49,7 +51,9 @@ def int8_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (symmetric: -128 is never used, so 0.0 is exactly representable and the range is balanced).
     A row of zeros gets scale 1 (any scale reproduces it exactly).
     """
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or not weight.dtype.is_floating_point:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"int8_quantize expects a 2-D float weight tensor, got {type(weight).__name__}")
+    if weight.ndim != 2 or not weight.dtype.is_floating_point:
         raise ValueError("int8_quantize expects a 2-D float weight (out_features, in_features), got "
                          f"{getattr(weight, 'shape', type(weight).__name__)}")
     w = weight.detach().float()
@@ -206,10 +210,12 @@ def nf4_quantize(weight: torch.Tensor, block_size: int = 64, double_quant: bool 
     Error bound (without double quantization): each value is off by at most its block's absmax times
     half the gap between the two code values around it (the tests check it).
     """
-    if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point or weight.numel() == 0:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"nf4_quantize expects a non-empty float tensor, got {type(weight).__name__}")
+    if not weight.dtype.is_floating_point or weight.numel() == 0:
         raise ValueError("nf4_quantize expects a non-empty float tensor")
     for name, value in (("block_size", block_size), ("dq_block_size", dq_block_size)):
-        if not isinstance(value, int) or value < 2 or value % 2:
+        if check_int(name, value, minimum=2, hint="QLoRA uses 64 and 256") % 2:
             raise ValueError(f"{name} must be an even integer >= 2 (QLoRA: 64 and 256), got {value!r}")
     flat = weight.detach().float().reshape(-1)
     n_blocks = math.ceil(flat.numel() / block_size)

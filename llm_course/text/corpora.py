@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from llm_course.core.checks import check_fraction, check_int
 from llm_course.core.paths import cache_dir
 
 __all__ = ["train_val_split", "TextCorpus", "Document", "docs_corpus", "docs_documents", "first_sentence"]
@@ -58,26 +59,6 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _check_fraction(val_fraction: float) -> float:
-    """``val_fraction`` must be a number in [0, 1)."""
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
-        raise TypeError(f"val_fraction must be a number such as 0.1, got {val_fraction!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(
-            f"val_fraction must be in [0, 1) (the share of data kept for validation), got {val_fraction!r}"
-        )
-    return float(val_fraction)
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    """``value`` must be an ``int`` (not a bool) and at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
 def train_val_split(
     items: Sequence[T], val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[list[T], list[T]]:
@@ -87,8 +68,8 @@ def train_val_split(
     ``random.Random(seed)``; both parts keep the items' original order. Used by later
     chapters to hold out synthetic examples or dialogs.
     """
-    val_fraction = _check_fraction(val_fraction)
-    _check_int("seed", seed, 0)
+    val_fraction = check_fraction("val_fraction", val_fraction, hint="the share of the items kept for validation")
+    check_int("seed", seed, minimum=0)
     items = list(items)
     n_val = round(len(items) * val_fraction)
     val_indices = set(random.Random(seed).sample(range(len(items)), n_val))
@@ -398,7 +379,7 @@ def docs_corpus(val_fraction: float = 0.1, cache: bool = True) -> TextCorpus:
     With ``cache=True`` the text is read from (or, the first time, written to)
     ``cache_dir()``, keyed by the Python version; a damaged cache is rebuilt.
     """
-    val_fraction = _check_fraction(val_fraction)
+    val_fraction = check_fraction("val_fraction", val_fraction, hint="the share of the text kept for validation")
     cached = _read_cache() if cache else None
     if cached is None:
         text, starts = _join_documents([d.text for d in docs_documents()])

@@ -15,7 +15,7 @@ import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from llm_course.core.checks import check_int
+from llm_course.core.checks import check_choice, check_int, check_str
 from llm_course.text.dialogs import dialog_block, load_dialogs
 
 __all__ = ["LabeledText", "TOPIC_CATEGORIES", "topic_dataset", "Example", "TASKS", "make_task", "check"]
@@ -86,21 +86,13 @@ _ALPHABETS = {
 _CONSONANTS, _VOWELS = "bdfgklmnprstvz", "aeiou"
 
 
-def _check_range(name: str, low: int, high: int, minimum: int) -> None:
-    """``minimum <= low <= high``, both integers, else a ValueError naming the options."""
-    check_int(f"min_{name}", low, minimum)
-    check_int(f"max_{name}", high, minimum)
-    if low > high:
-        raise ValueError(f"min_{name} ({low}) must not exceed max_{name} ({high})")
-
-
 def _sequence_sampler(
     instruction: str, transform: Callable[[str], str], min_len: int, max_len: int, alphabet: str
 ) -> Sampler:
     """Prompt ``"<instruction>: <random characters>"``, answer ``transform(characters)``."""
-    _check_range("len", min_len, max_len, minimum=1)
-    if alphabet not in _ALPHABETS:
-        raise ValueError(f"unknown alphabet {alphabet!r}; use one of {', '.join(_ALPHABETS)}")
+    check_int("min_len", min_len, minimum=1)
+    check_int("max_len", max_len, minimum=min_len, hint="at least min_len")
+    check_choice("alphabet", alphabet, list(_ALPHABETS))
     chars = _ALPHABETS[alphabet]
 
     def sample(rng: random.Random) -> tuple[str, str]:
@@ -134,7 +126,8 @@ def _random_number(rng: random.Random, min_digits: int, max_digits: int) -> int:
 
 def addition_task(min_digits: int = 1, max_digits: int = 3) -> Sampler:
     """``"123+45="`` -> ``"168"``; each operand has min_digits..max_digits digits. Chapter 01 (tasks)."""
-    _check_range("digits", min_digits, max_digits, minimum=1)
+    check_int("min_digits", min_digits, minimum=1)
+    check_int("max_digits", max_digits, minimum=min_digits, hint="at least min_digits")
 
     def sample(rng: random.Random) -> tuple[str, str]:
         a, b = _random_number(rng, min_digits, max_digits), _random_number(rng, min_digits, max_digits)
@@ -162,10 +155,12 @@ def arithmetic_task(min_digits: int = 1, max_digits: int = 2, n_terms: int = 2, 
     Multiplication binds tighter than addition and subtraction, as in Python; answers can be
     negative.
     """
-    _check_range("digits", min_digits, max_digits, minimum=1)
-    check_int("n_terms", n_terms, 2)
-    if not isinstance(ops, str) or not ops or set(ops) - set("+-*"):
-        raise ValueError(f"ops must be a non-empty string of the operators '+', '-', '*', got {ops!r}")
+    check_int("min_digits", min_digits, minimum=1)
+    check_int("max_digits", max_digits, minimum=min_digits, hint="at least min_digits")
+    check_int("n_terms", n_terms, minimum=2)
+    check_str("ops", ops, non_empty=True, hint="the operators to use, e.g. '+-*'")
+    if set(ops) - set("+-*"):
+        raise ValueError(f"ops must be made of the operators '+', '-', '*', got {ops!r}")
 
     def sample(rng: random.Random) -> tuple[str, str]:
         numbers = [_random_number(rng, min_digits, max_digits) for _ in range(n_terms)]
@@ -189,7 +184,8 @@ def _words_sampler(
     instruction: str, transform: Callable[[list[str]], str], min_words: int, max_words: int, upper_prob: float
 ) -> Sampler:
     """Prompt ``"<instruction>: <random words>"``, answer ``transform(words)``."""
-    _check_range("words", min_words, max_words, minimum=1)
+    check_int("min_words", min_words, minimum=1)
+    check_int("max_words", max_words, minimum=min_words, hint="at least min_words")
 
     def sample(rng: random.Random) -> tuple[str, str]:
         words = _random_words(rng, min_words, max_words, upper_prob)
@@ -254,6 +250,5 @@ def make_task(name: str, n: int, seed: int = 0, **options: object) -> list[Examp
 
 def check(example: Example, prediction: str) -> bool:
     """True if ``prediction`` is exactly the answer, ignoring surrounding white space. Chapter 01."""
-    if not isinstance(prediction, str):
-        raise TypeError(f"prediction must be a string (decoded model output), got {type(prediction).__name__}")
+    check_str("prediction", prediction, hint="the decoded model output")
     return prediction.strip() == example.answer.strip()

@@ -49,6 +49,8 @@ from typing import Any
 
 import regex
 
+from llm_course.core.checks import check_index, check_int, check_str
+
 __all__ = [
     "ByteLevelBPETokenizer",
     "bpe_merge_steps",
@@ -333,17 +335,10 @@ class ByteLevelBPETokenizer:
         are treated as document boundaries, never learned as ordinary text.
         """
         special_tokens = _check_special_tokens(special_tokens)
-        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
-            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
         minimum = 256 + len(special_tokens)
-        if vocab_size < minimum:
-            raise ValueError(
-                f"vocab_size={vocab_size} is too small: a byte-level BPE needs at least {minimum} "
-                f"tokens (256 byte tokens + {len(special_tokens)} special token(s)); "
-                f"use vocab_size >= {minimum}"
-            )
-        if not isinstance(min_frequency, int) or min_frequency < 0:
-            raise ValueError(f"min_frequency must be a non-negative int, got {min_frequency!r}")
+        check_int("vocab_size", vocab_size, minimum=minimum, hint=f"a byte-level BPE needs at least {minimum} "
+                  f"tokens (256 byte tokens + {len(special_tokens)} special token(s))")
+        check_int("min_frequency", min_frequency, minimum=0)
         if isinstance(texts, str):
             texts = [texts]
 
@@ -505,12 +500,7 @@ class ByteLevelBPETokenizer:
 
     def id_to_token(self, token_id: int) -> str:
         """The token string of an id (``464 -> "Ġthe"``). Chapter 01 (tokenization)."""
-        if isinstance(token_id, bool) or not isinstance(token_id, int):
-            raise TypeError(f"id_to_token expects an int, got {type(token_id).__name__}")
-        if not 0 <= token_id < self.vocab_size:
-            raise ValueError(
-                f"token id {token_id} is not in the vocabulary (vocab_size={self.vocab_size})"
-            )
+        token_id = check_index("token_id", token_id, self.vocab_size, hint=f"vocab_size={self.vocab_size}")
         return self._id_to_token[token_id]
 
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
@@ -745,10 +735,8 @@ def bpe_merge_steps(text: str, num_merges: int) -> list[dict[str, Any]]:
     as :meth:`ByteLevelBPETokenizer.train` (no special tokens); returns fewer steps if the
     text runs out of pairs (every word already a single token).
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if not isinstance(num_merges, int) or isinstance(num_merges, bool) or num_merges < 0:
-        raise ValueError(f"num_merges must be a non-negative int, got {num_merges!r}")
+    check_str("text", text)
+    check_int("num_merges", num_merges, minimum=0)
     _check_utf8(text)
     b2u = bytes_to_unicode()
     byte_ids = _byte_token_ids(first_id=0)

@@ -60,6 +60,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_bool, check_choice, check_int
 from llm_course.nn.attention import ACTIVATIONS
 
 __all__ = [
@@ -102,15 +103,9 @@ class BottleneckAdapter(nn.Module):
 
     def __init__(self, dim: int, bottleneck: int, activation: str = "gelu") -> None:
         super().__init__()
-        for name, value in (("dim", dim), ("bottleneck", bottleneck)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an integer, got {value!r}")
-        if not 1 <= bottleneck < dim:
-            raise ValueError(
-                f"bottleneck must be in [1, dim) = [1, {dim}) (a bottleneck narrower than the model), got {bottleneck}"
-            )
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        check_int("dim", dim, minimum=2)
+        check_int("bottleneck", bottleneck, 1, dim - 1, hint=f"narrower than the model's dim={dim}")
+        check_choice("activation", activation, sorted(ACTIVATIONS))
         self.activation = activation
         self.down = nn.Linear(dim, bottleneck)  # d -> m (PyTorch's default init)
         self.act = ACTIVATIONS[activation]
@@ -230,12 +225,9 @@ def add_adapters(
     unknown = [w for w in where if w not in PLACES]
     if unknown:
         raise ValueError(f"unknown place(s) {unknown} in where; choose from {PLACES}")
-    if not isinstance(train_layer_norms, bool):
-        raise TypeError(f"train_layer_norms must be True or False, got {train_layer_norms!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-    if not isinstance(bottleneck, int) or isinstance(bottleneck, bool):
-        raise TypeError(f"bottleneck must be an integer, got {bottleneck!r}")
+    check_bool("train_layer_norms", train_layer_norms)
+    check_choice("activation", activation, sorted(ACTIVATIONS))
+    check_int("bottleneck", bottleneck)
     if any(isinstance(m, AdaptedLayer) for m in model.modules()):
         raise ValueError(
             "this model already has adapters; call remove_adapters(model) first to replace them, or keep training these"

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_int
+
 __all__ = ["Checkpoint", "CHECKPOINT_NAME", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"  # the file train() writes inside cfg.checkpoint_dir
@@ -103,8 +105,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     path = Path(path)
-    if not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    check_int("step", step, minimum=0)
     tensors = {f"model.{k}": v for k, v in _model_tensors(model).items()}
     meta: dict[str, Any] = {"version": _FORMAT_VERSION, "step": step, "extra": _json_safe(extra or {})}
     config = getattr(model, "config", None)

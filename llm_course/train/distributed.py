@@ -85,6 +85,14 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from llm_course.core.checks import (
+    check_choice,
+    check_index,
+    check_int,
+    check_positive,
+    check_positive_int,
+    check_str,
+)
 from llm_course.core.runtime import seed_everything
 from llm_course.models.gpt import GPT
 from llm_course.models.shape import ModelShape
@@ -144,13 +152,9 @@ class DataParallelConfig(ModelShape):
     def __post_init__(self) -> None:
         super().__post_init__()  # the shape: positive integers, n_embd divisible by n_head
         for name, minimum in [("global_batch", 1), ("branching", 1), ("n_tokens", 2)]:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"DataParallelConfig.{name} must be an integer >= {minimum}, got {value!r}")
-        if self.data not in ("synthetic", "docs"):
-            raise ValueError(f"data must be 'synthetic' or 'docs', got {self.data!r}")
-        if self.backend not in ("auto", "gloo", "nccl"):
-            raise ValueError(f"backend must be 'auto', 'gloo' or 'nccl', got {self.backend!r}")
+            check_int(f"DataParallelConfig.{name}", getattr(self, name), minimum=minimum)
+        check_choice("DataParallelConfig.data", self.data, ("synthetic", "docs"))
+        check_choice("DataParallelConfig.backend", self.backend, ("auto", "gloo", "nccl"))
         if self.branching > self.vocab_size:
             raise ValueError(f"branching ({self.branching}) cannot exceed vocab_size ({self.vocab_size})")
         if not self.timeout_s > 0:
@@ -212,9 +216,8 @@ def check_sharding(global_batch: int, world_size: int, n_sequences: int | None =
     needs at least one sequence per step, and a global batch larger than the data would repeat windows
     within a step. A ``ValueError`` says which number to change.
     """
-    for name, value in [("global_batch", global_batch), ("world_size", world_size)]:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("global_batch", global_batch)
+    check_positive_int("world_size", world_size)
     if n_sequences is not None and n_sequences < world_size:
         raise ValueError(
             f"the world size ({world_size} processes) is larger than the data ({n_sequences} sequences): every "
@@ -246,8 +249,7 @@ def shard_range(global_batch: int, rank: int, world_size: int) -> slice:
     rank outside ``[0, world_size)``.
     """
     per_rank = check_sharding(global_batch, world_size)
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
+    check_index("rank", rank, world_size, hint=f"one of the {world_size} processes")
     return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
@@ -636,16 +638,15 @@ def launch(
     own ``error:`` lines, a likely cause where one is recognised (a port taken, a rank out of memory,
     a lost peer, a timeout), then each rank's stderr (the last ``tail_chars`` characters).
     """
-    for name, value in (("nproc", nproc), ("threads_per_process", threads_per_process)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+    check_positive_int("nproc", nproc)
+    check_positive_int("threads_per_process", threads_per_process)
+    check_positive("timeout_s", timeout_s, hint="seconds")
     if isinstance(args, (str, bytes)):
         raise TypeError("args must be a list of command-line words, e.g. ['--steps', '8']")
     logs = Path(tempfile.mkdtemp(prefix="llm_course_ddp_") if log_dir is None else log_dir)
     logs.mkdir(parents=True, exist_ok=True)
-    if not isinstance(module, str) or not re.fullmatch(r"[A-Za-z_][\w.]*", module):
+    check_str("module", module)
+    if not re.fullmatch(r"[A-Za-z_][\w.]*", module):
         raise ValueError(f"module must be a dotted module name like 'llm_course.train.distributed', got {module!r}")
     module_args = ["-m", module, *map(str, args)]
     if nproc == 1:

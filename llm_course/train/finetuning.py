@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_positive, check_positive_int
 from llm_course.core.runtime import quiet_transformers
 from llm_course.nn.objectives import pack_documents
 from llm_course.train.precision import resolve_precision
@@ -153,11 +154,6 @@ def _check_training_args(training_args: dict[str, Any]) -> None:
                             f"{transformers.__version__}.{hint}")
 
 
-def _check_positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _default_collator(tokenizer: Any, first_example: Mapping[str, Any]) -> Any:
     """``DataCollatorForLanguageModeling(tokenizer, mlm=False)``: labels = input_ids, padding -> -100."""
     from transformers import DataCollatorForLanguageModeling
@@ -216,12 +212,11 @@ def training_arguments(
 
     for name, value in [("max_steps", max_steps), ("batch_size", batch_size), ("eval_steps", eval_steps),
                         ("save_total_limit", save_total_limit)]:
-        _check_positive(name, value)
+        check_positive_int(name, value)
     if eval_steps > max_steps:
         raise ValueError(f"eval_steps ({eval_steps}) > max_steps ({max_steps}): the model would never be evaluated, so "
                          "there would be no best checkpoint; lower eval_steps")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_positive("lr", lr)
     _check_training_args(training_args)
     on_gpu = torch.cuda.is_available()
     precision = resolve_precision(precision, "cuda" if on_gpu else "cpu")
@@ -325,7 +320,7 @@ def trainer_finetune(
                          "stopping all need held-out examples (the manual asks for evaluation without one, which "
                          "Trainer refuses); e.g. lm_examples(tokenizer, val_texts, block_size)")
     if patience is not None:
-        _check_positive("patience", patience)
+        check_positive_int("patience", patience)
     args = training_arguments(output_dir, max_steps=max_steps, lr=lr, batch_size=batch_size, eval_steps=eval_steps,
                               seed=seed, save_total_limit=save_total_limit, disable_tqdm=disable_tqdm,
                               precision=precision, **training_args)

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from llm_course.core.checks import check_positive_int
+from llm_course.core.checks import check_int, check_positive, check_positive_int
 from llm_course.core.runtime import eval_mode, module_device, to_device, train_mode
 from llm_course.nn.evaluation import estimate_loss, model_loss
 from llm_course.nn.quantization import NF4Linear, model_size_bytes, tensor_bytes
@@ -224,11 +224,8 @@ def measure_finetuning(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_positive_int("steps", steps)
-    if not isinstance(warmup, int) or warmup < 1 or warmup >= steps:
-        raise ValueError(f"warmup must be an integer in [1, steps): the steps after it are timed, so steps >= 2; got "
-                         f"warmup={warmup!r} with steps={steps}")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    check_int("warmup", warmup, 1, steps - 1, hint=f"below steps={steps}: the steps after the warmup are timed")
+    check_positive("lr", lr)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no trainable parameters: unfreeze some, or add LoRA / adapters first")
     if seed is not None:

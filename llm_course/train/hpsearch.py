@@ -76,6 +76,7 @@ from typing import Any
 
 import torch
 
+from llm_course.core.checks import check_float, check_int, check_positive_int
 from llm_course.core.deps import require
 from llm_course.core.paths import cache_dir
 from llm_course.models.gpt import GPT, GPTConfig
@@ -136,16 +137,10 @@ class SearchSpace:
 def _range_or_choices(name: str, spec: Any, range_kind: str, minimum: float, allow_equal_min: bool,
                       integer: bool) -> tuple[str, tuple[Any, ...]]:
     """One hyperparameter's spec: a list (choices) or a (low, high) tuple (a range), checked."""
-    bound = f">= {minimum}" if allow_equal_min else f"> {minimum}"
-
     def check_value(v: Any) -> Any:
-        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok_type or not math.isfinite(v):
-            kind = "integers" if integer else "finite numbers"
-            raise TypeError(f"{name}: the values must be {kind}, got {v!r}")
-        if v < minimum or (v == minimum and not allow_equal_min):
-            raise ValueError(f"{name}: every value must be {bound}, got {v!r}")
-        return v if integer else float(v)
+        if integer:
+            return check_int(f"each {name} value", v, minimum=int(minimum) + (0 if allow_equal_min else 1))
+        return check_float(f"each {name} value", v, low=minimum, low_open=not allow_equal_min)
 
     if isinstance(spec, list):
         if not spec:
@@ -243,9 +238,8 @@ def make_job(
     if not isinstance(model, GPT):
         raise TypeError("model must be a course llm_course.models.gpt.GPT (load_pretrained('course-gpt') returns "
                         f"one), got {type(model).__name__}")
-    for name, value in (("n_train", n_train), ("n_eval", n_eval)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer (examples), got {value!r}")
+    check_positive_int("n_train", n_train, hint="a number of examples")
+    check_positive_int("n_eval", n_eval, hint="a number of examples")
     max_length = max_length or model.config.n_positions
     train = instructions.make_instructions(n_train, seed=seed, split="train", tasks=tasks)
     held_out = instructions.make_instructions(n_eval, seed=seed, split="test", tasks=tasks)
@@ -473,12 +467,6 @@ class _MemoryWatch:
         self._thread.join()
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _trial_row(number: int, result: Any, max_steps: int) -> dict[str, Any]:
     """One ``ray.tune.Result`` as a plain dict (see ``SearchResult.trials``)."""
     frame = result.metrics_dataframe
@@ -560,8 +548,7 @@ def check_trial_resources(resources: Mapping[str, float],
     have = {str(k).upper(): float(v) for k, v in available.items()}
     short = []
     for name, amount in resources.items():
-        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
-            raise ValueError(f"resources[{name!r}] must be a number >= 0, got {amount!r}")
+        check_float(f"resources[{name!r}]", amount, low=0.0)
         key = str(name).upper()
         if amount > have.get(key, 0.0):
             short.append(f"{amount:g} {key} per trial, but the cluster has {have.get(key, 0.0):g}")
@@ -588,10 +575,10 @@ def start_ray(num_cpus: int | None = None, address: str | None = None, object_st
     """
     ray = require("ray", RAY_PACKAGE)
     if num_cpus is not None:
-        _check_positive_int("num_cpus", num_cpus)
+        check_positive_int("num_cpus", num_cpus)
         if address is not None:
             raise ValueError("num_cpus is for a local Ray; a cluster (address=...) has the CPUs it has")
-    _check_positive_int("object_store_mb", object_store_mb)
+    check_positive_int("object_store_mb", object_store_mb)
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
     if address is None:
         options.update(num_cpus=num_cpus or available_cpus(), object_store_memory=object_store_mb * 2**20)
@@ -654,14 +641,14 @@ def run_search(
     for arg, value in (("num_samples", num_samples), ("max_steps", max_steps), ("report_every", report_every),
                        ("reduction_factor", reduction_factor), ("cpus_per_trial", cpus_per_trial),
                        ("object_store_mb", object_store_mb)):
-        _check_positive_int(arg, value)
+        check_positive_int(arg, value)
     if report_every > max_steps:
         raise ValueError(f"report_every ({report_every}) must be <= max_steps ({max_steps}): a trial must report "
                          "before it ends for ASHA to be able to stop it")
     if reduction_factor < 2:
         raise ValueError(f"reduction_factor must be >= 2 (each rung keeps 1 / reduction_factor), "
                          f"got {reduction_factor}")
-    grace_period = report_every if grace_period is None else _check_positive_int("grace_period", grace_period)
+    grace_period = report_every if grace_period is None else check_positive_int("grace_period", grace_period)
     if grace_period >= max_steps:
         raise ValueError(f"grace_period ({grace_period}) must be < max_steps ({max_steps}), or ASHA has no rung")
 

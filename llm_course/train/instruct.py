@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_int, check_positive_int
 from llm_course.infer.generation import generate
 from llm_course.nn.objectives import IGNORE_INDEX
 from llm_course.text.encoding import encode_plain
@@ -104,8 +105,7 @@ def encode_instruction(
     would drop the instruction, cutting the end would drop the end-of-text token).
     """
     example = check_instruction(example)
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an integer >= 2 (tokens per example), got {max_length!r}")
+    check_int("max_length", max_length, minimum=2, hint="tokens per example")
     if not isinstance(example.output, str) or not example.output:
         raise ValueError(f"the output is empty in {example!r}: there is nothing to learn")
     prompt_ids = encode_plain(tokenizer, prompt_text(example, template))
@@ -135,8 +135,7 @@ class InstructionCollator:
     """
 
     def __init__(self, pad_token_id: int) -> None:
-        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) or pad_token_id < 0:
-            raise ValueError(f"pad_token_id must be a non-negative token id, got {pad_token_id!r}")
+        check_int("pad_token_id", pad_token_id, minimum=0, hint="a token id")
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
@@ -177,8 +176,7 @@ def batches(
     """
     if not encoded:
         raise ValueError("no encoded examples: make_instructions(...) and encode_instruction(...) some first")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     items = list(encoded)
     collate = collate if collate is not None else InstructionCollator(pad_token_id)
     orders: dict[int, list[int]] = {}
@@ -221,8 +219,7 @@ def _generate_answers(
     template: str,
 ) -> list[tuple[str, bool]]:
     """(answer text, whether it ended with the end-of-text id) for each example; see ``answer``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_positive_int("batch_size", batch_size)
     eos = eos_token_id(tokenizer)
     prompts = [encode_plain(tokenizer, prompt_text(ex, template)) for ex in examples]
     results = []
@@ -363,8 +360,7 @@ def tune_encoded(
     every ``eval_interval`` steps (default: once, at the end). ``collate``: how a list of examples becomes a
     batch (default ``InstructionCollator(pad_token_id)``).
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer (optimizer updates), got {steps!r}")
+    check_positive_int("steps", steps, hint="the number of optimizer updates")
     options: dict[str, Any] = {
         "max_steps": steps, "lr": lr, "min_lr": lr / 10, "warmup_steps": max(1, steps // 10),
         "weight_decay": 0.0, "eval_interval": steps, "eval_steps": 1, "seed": seed, "log_interval": 0,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llm_course.core.checks import check_choice, check_choices, check_int
 from llm_course.text.tasks import Example, make_task
 
 __all__ = [
@@ -63,7 +64,7 @@ class Instruction:
 
 
 # ----------------------------------------------------------------------------------------
-# The data: phrasings, a bilingual word list, inputs from llm_course.data
+# The data: phrasings, a bilingual word list, inputs from llm_course.text.tasks
 # ----------------------------------------------------------------------------------------
 
 # Instruction phrasings per task and language. The LAST phrasing of every list is held out: only the
@@ -165,10 +166,10 @@ WORD_PAIRS: tuple[tuple[str, str], ...] = (
     ("winter", "зима"), ("autumn", "осень"),
 )
 
-# Short inputs for the generated tasks: llm_course.data's generators with these options. A 2M-parameter
+# Short inputs for the generated tasks: llm_course.text.tasks's generators with these options. A 2M-parameter
 # model tuned for a minute learns short words and one-digit sums; longer ones need more steps.
 TASK_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    # instruction task -> (llm_course.data task, its options)
+    # instruction task -> (llm_course.text.tasks task, its options)
     "reverse": ("reverse", {"min_len": 2, "max_len": 3}),
     "sort": ("sort", {"min_len": 2, "max_len": 3}),
     "arithmetic": ("arithmetic", {"min_digits": 1, "max_digits": 1, "n_terms": 2, "ops": "+-"}),
@@ -180,7 +181,7 @@ TEST_SHARE = 5  # one input in TEST_SHARE (by hash) belongs to the test split, t
 
 
 def _task_input(example: Example) -> str:
-    """The input part of an ``llm_course.data`` prompt: ``"reverse: abc"`` -> ``"abc"``, ``"3+4="`` -> ``"3+4"``."""
+    """The input part of an ``llm_course.text.tasks`` prompt: ``"reverse: abc"`` -> ``"abc"``, ``"3+4="`` -> ``"3+4"``."""
     if example.prompt.endswith("="):  # arithmetic: "3+4=" (the instruction asks for the value)
         return example.prompt[:-1]
     return example.prompt.split(": ", 1)[1]  # "reverse: abc", "count words: kato mire"
@@ -218,19 +219,6 @@ def _translation_pairs(task: str, count: int, rng: random.Random) -> list[tuple[
     return [rng.choice(pairs) for _ in range(count)]
 
 
-def _check_choice(name: str, values: Sequence[str] | None, allowed: Sequence[str]) -> tuple[str, ...]:
-    """``values`` (None: all of ``allowed``) as a tuple, or a ValueError naming the unknown ones."""
-    if values is None:
-        return tuple(allowed)
-    if isinstance(values, str):
-        values = (values,)
-    values = tuple(dict.fromkeys(values))
-    unknown = [v for v in values if v not in allowed]
-    if unknown or not values:
-        raise ValueError(f"unknown {name} {unknown or values!r}; choose from {', '.join(allowed)}")
-    return values
-
-
 def make_instructions(
     n: int,
     seed: int = 0,
@@ -247,14 +235,11 @@ def make_instructions(
     draws from the whole word list in both splits (see ``_translation_pairs``); no test (instruction,
     input) pair ever occurs in the training split. ``tasks``: names from ``INSTRUCTION_TASKS`` (None: all).
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative integer (the number of examples), got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
-    languages = _check_choice("language", languages, LANGUAGES)
-    tasks = _check_choice("task", tasks, INSTRUCTION_TASKS)
+    check_int("n", n, minimum=0, hint="the number of examples")
+    check_int("seed", seed, minimum=0)
+    check_choice("split", split, SPLITS)
+    languages = check_choices("languages", languages, LANGUAGES)
+    tasks = tuple(INSTRUCTION_TASKS) if tasks is None else check_choices("tasks", tasks, INSTRUCTION_TASKS)
 
     combos = [(t, lang) for t in tasks for lang in languages]
     counts = {c: n // len(combos) + (i < n % len(combos)) for i, c in enumerate(combos)}

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from llm_course.core.checks import check_choice, check_float, check_int, check_positive
 from llm_course.core.runtime import get_device, seed_everything, to_device
 from llm_course.nn.evaluation import estimate_loss, model_loss
 from llm_course.train.checkpoints import (
@@ -92,35 +93,23 @@ class TrainConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        def check_int(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(f"TrainConfig.{name} must be an integer >= {minimum}, got {value!r}")
-
         for name, minimum in [("max_steps", 1), ("warmup_steps", 0), ("grad_accum_steps", 1),
                               ("eval_interval", 1), ("eval_steps", 1), ("log_interval", 0),
                               ("checkpoint_interval", 0)]:
-            check_int(name, minimum)
+            check_int(f"TrainConfig.{name}", getattr(self, name), minimum=minimum)
         if self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) cannot exceed max_steps ({self.max_steps})")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr!r}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig.min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
+        check_positive("TrainConfig.lr", self.lr)
+        check_float("TrainConfig.min_lr", self.min_lr, 0.0, self.lr, hint="the cosine decays from lr down to it")
+        check_float("TrainConfig.weight_decay", self.weight_decay, low=0.0)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), e.g. (0.9, 0.95), got {self.betas!r}")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if self.grad_clip is not None and not self.grad_clip >= 0:
-            raise ValueError(f"TrainConfig.grad_clip must be > 0 (or None / 0 for no clipping), got {self.grad_clip!r}")
-        if self.chars_per_token is not None and not self.chars_per_token > 0:
-            raise ValueError(f"TrainConfig.chars_per_token must be > 0, e.g. len(val_text) / len(val_ids), "
-                             f"got {self.chars_per_token!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise ValueError(f"TrainConfig.seed must be a non-negative integer or None, got {self.seed!r}")
-        if self.precision not in (*PRECISIONS, "auto"):
-            raise ValueError(f"TrainConfig.precision must be one of {(*PRECISIONS, 'auto')}, got {self.precision!r}")
+        check_float("TrainConfig.grad_clip", self.grad_clip, low=0.0, allow_none=True, hint="None or 0: no clipping")
+        check_positive("TrainConfig.chars_per_token", self.chars_per_token, allow_none=True,
+                       hint="e.g. len(val_text) / len(val_ids)")
+        check_int("TrainConfig.seed", self.seed, minimum=0, allow_none=True)
+        check_choice("TrainConfig.precision", self.precision, (*PRECISIONS, "auto"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,8 +159,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     are still noisy), exactly ``lr`` at ``warmup_steps``, then half a cosine from ``lr`` down to ``min_lr``,
     reached at ``max_steps`` (and kept after it). Halfway through the decay it is ``(lr + min_lr) / 2``.
     """
-    if not isinstance(step, int) or step < 0:
-        raise ValueError(f"step must be a non-negative integer, got {step!r}")
+    check_int("step", step, minimum=0)
     if step < cfg.warmup_steps:
         return cfg.lr * step / cfg.warmup_steps
     # 0 -> 1 over the decay, then held at 1 (max(1, ...): warmup_steps == max_steps leaves no decay phase)

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_fraction, check_positive, check_positive_int
 from llm_course.core.deps import require
 from llm_course.core.runtime import module_device
 from llm_course.nn.quantization import NF4Linear, is_conv1d, tied_weight
@@ -183,12 +184,9 @@ _FUSED_QKV = ("qkv_proj", "c_attn")
 
 def check_lora_hyperparameters(r: Any, alpha: Any, dropout: Any) -> None:
     """Check LoRA's rank ``r`` (an int >= 1), ``alpha`` (a number > 0), ``dropout`` (in [0, 1)). Chapter 06."""
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"r (the LoRA rank) must be a positive integer, e.g. 8; got {r!r}")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0 or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a positive number (the update is scaled by alpha / r), got {alpha!r}")
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_positive_int("r", r, hint="the LoRA rank, e.g. 8")
+    check_positive("alpha", alpha, hint="the update is scaled by alpha / r")
+    check_fraction("dropout", dropout)
 
 
 def _matches(name: str, target: str) -> bool:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llm_course.core.checks import check_int
 from llm_course.core.runtime import eval_mode
 from llm_course.nn.objectives import IGNORE_INDEX, mask_tokens
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
@@ -42,8 +43,7 @@ def bert_inputs(
     cls_id, sep_id, pad_id = (_special_id(tokenizer, t) for t in ("[CLS]", "[SEP]", "[PAD]"))
     if isinstance(texts, str) or not texts:
         raise TypeError("texts must be a non-empty list of strings")
-    if not isinstance(max_length, int) or max_length < 3:
-        raise ValueError(f"max_length must be an integer >= 3 ([CLS], a token, [SEP]), got {max_length!r}")
+    check_int("max_length", max_length, minimum=3, hint="[CLS], a token, [SEP]")
     rows = [[cls_id, *tokenizer.encode(t, allowed_special="none")[: max_length - 2], sep_id] for t in texts]
     L = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from llm_course.core.checks import check_choice, check_float, check_positive_int, check_str
 from llm_course.core.deps import require
 from llm_course.train.liveplot import in_notebook
 from llm_course.train.loop import NonFiniteLossError, TrainResult
@@ -139,18 +140,14 @@ class DivergenceDetector:
 
     def __init__(self, max_grad_ratio: float = 10.0, window: int = 100, min_steps: int = 10,
                  on_spike: str = "stop") -> None:
-        if isinstance(max_grad_ratio, bool) or not isinstance(max_grad_ratio, (int, float)) \
-                or not 1 < max_grad_ratio < math.inf:
-            raise ValueError(f"max_grad_ratio must be a finite number > 1 (a spike is a gradient norm this many times "
-                             f"the running median, e.g. 10), got {max_grad_ratio!r}")
-        for name, value in [("window", window), ("min_steps", min_steps)]:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        check_float("max_grad_ratio", max_grad_ratio, low=1.0, low_open=True,
+                    hint="a spike is a gradient norm this many times the running median, e.g. 10")
+        check_positive_int("window", window)
+        check_positive_int("min_steps", min_steps)
         if min_steps > window:
             raise ValueError(f"min_steps ({min_steps}) cannot exceed window ({window}): the median is taken over the "
                              "last `window` norms, so there would never be enough of them")
-        if on_spike not in SPIKE_ACTIONS:
-            raise ValueError(f"on_spike must be one of {SPIKE_ACTIONS}, got {on_spike!r}")
+        check_choice("on_spike", on_spike, SPIKE_ACTIONS)
         self.max_grad_ratio = float(max_grad_ratio)
         self.min_steps = min_steps
         self.on_spike = on_spike
@@ -338,8 +335,7 @@ def plot_scalars(source: str | Path | Mapping[str, list[tuple[int, float]]], tag
         scalars = {t: scalars[t] for t in tags}
     if not scalars:
         raise ValueError("there are no scalars to plot")
-    if not isinstance(ncols, int) or ncols < 1:
-        raise ValueError(f"ncols must be an integer >= 1, got {ncols!r}")
+    check_positive_int("ncols", ncols)
     panels: dict[str, list[str]] = {}  # "loss" -> ["train/loss", "eval/loss"]
     for tag in scalars:
         panels.setdefault(tag.rsplit("/", 1)[-1], []).append(tag)
@@ -417,8 +413,7 @@ def wandb_offline_logger(project: str = "llm-course", run_dir: str | Path = "run
     """
     if "mode" in init_kwargs:
         raise TypeError("wandb_offline_logger always runs offline; do not pass mode=")
-    if not isinstance(project, str) or not project:
-        raise ValueError(f"project must be a non-empty string, got {project!r}")
+    check_str("project", project, non_empty=True)
     path = _log_dir(run_dir, must_exist=False)
     wandb = require("wandb")
     os.environ["WANDB_MODE"] = "offline"

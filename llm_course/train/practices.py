@@ -50,6 +50,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_positive_int
 from llm_course.core.runtime import module_device, train_mode
 from llm_course.nn.evaluation import model_loss
 from llm_course.train.finetuning_costs import saved_activation_bytes
@@ -199,8 +200,7 @@ def checkpointing_report(model: nn.Module, batch: Batch, repeats: int = 3) -> di
     "seconds_checkpointed", "time_ratio", "cpu_time_ratio", "loss_plain", "loss_checkpointed"}``; the
     issue's targets are memory_ratio <= 0.5 and time_ratio <= 1.4.
     """
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    check_positive_int("repeats", repeats)
     batch = _check_batch(batch)
     plain = activation_memory(model, batch, checkpointing=False)
     ckpt = activation_memory(model, batch, checkpointing=True)
@@ -348,7 +348,10 @@ def compare_precisions(
 
 def plot_loss_curves(losses: Mapping[str, Sequence[float]], ax: Any = None, title: str = "loss by precision"):
     """One line per precision (``compare_precisions(...)["losses"]``); returns the matplotlib Axes. Chapter 09."""
-    if not isinstance(losses, Mapping) or not losses:
+    if not isinstance(losses, Mapping):
+        raise TypeError(f"losses must be a dict {{precision: [loss per step]}}, e.g. "
+                        f"compare_precisions(...)['losses'], got {type(losses).__name__}")
+    if not losses:
         raise ValueError("losses must be a non-empty dict {precision: [loss per step]}, e.g. "
                          "compare_precisions(...)['losses']")
     import matplotlib.pyplot as plt
@@ -466,9 +469,7 @@ def empty_cache_report(device: str | torch.device = "cuda", megabytes: int = 256
                          "does nothing); run it on a GPU, e.g. empty_cache_report('cuda')")
     if not torch.cuda.is_available():
         raise ValueError("device 'cuda' asked for, but torch sees no CUDA GPU: empty_cache_report needs one")
-    if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 1:
-        raise ValueError(f"megabytes must be a positive integer (the size of the test tensor in MiB), "
-                         f"got {megabytes!r}")
+    check_positive_int("megabytes", megabytes, hint="the size of the test tensor in MiB")
     torch.cuda.empty_cache()  # start from no cached blocks, so each change below is this tensor's
     rows = [{"moment": "before", **_cuda_memory_mb(device)}]
     x = torch.empty(megabytes * 2**20, dtype=torch.uint8, device=device)

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from llm_course.core.checks import check_choice
+
 __all__ = ["PRECISIONS", "check_precision", "resolve_precision", "autocast_context"]
 
 
@@ -28,8 +30,7 @@ _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def check_precision(precision: Any, device: torch.device) -> None:
     """A clear error for a precision the device cannot train in. Chapter 09 (best practices)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "fp16" and device.type != "cuda":
         raise ValueError(
             f"fp16 mixed precision needs a CUDA GPU (with torch.amp.GradScaler('cuda')); the device is "

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_int, check_positive_int, check_str
 from llm_course.core.runtime import eval_mode, get_device
 from llm_course.infer.generation import generate
 from llm_course.models.gpt import GPT
@@ -177,8 +178,10 @@ def fastest_threads(
     times slower than one thread alone. Sets ``torch.set_num_threads`` for the whole process.
     """
     candidates = list(candidates) if candidates is not None else sorted({1, os.cpu_count() or 1})
-    if not candidates or any(not isinstance(n, int) or n < 1 for n in candidates):
-        raise ValueError(f"candidates must be positive thread counts, got {candidates!r}")
+    if not candidates:
+        raise ValueError("candidates is empty: give the thread counts to try, e.g. [1, 2]")
+    for n in candidates:
+        check_positive_int("each of candidates", n, hint="a thread count")
     times = {}
     for n in candidates:
         torch.set_num_threads(n)
@@ -351,10 +354,8 @@ class SampleLogger:
 
     def __init__(self, model: GPT, tokenizer: ByteLevelBPETokenizer, prompt: str, every: int = 100,
                  max_new_tokens: int = 40, temperature: float = 0.8, top_k: int | None = 50, seed: int = 0) -> None:
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer (steps), got {every!r}")
-        if not prompt:
-            raise ValueError("prompt must be a non-empty string: the model needs at least one token to continue")
+        check_positive_int("every", every, hint="a number of steps")
+        check_str("prompt", prompt, non_empty=True, hint="the model needs at least one token to continue")
         self.model, self.tokenizer, self.prompt, self.every = model, tokenizer, prompt, every
         self.max_new_tokens, self.temperature, self.top_k, self.seed = max_new_tokens, temperature, top_k, seed
         self.samples: list[tuple[int, str]] = []
@@ -385,8 +386,8 @@ def offset_accuracy(model: GPT, tokens: torch.Tensor, offsets: Sequence[int] = (
     if not isinstance(model, GPT):
         raise TypeError(f"offset_accuracy needs a llm_course GPT, got {type(model).__name__}")
     T = model.config.n_positions
-    if any(not isinstance(k, int) or not 1 <= k < T for k in offsets):
-        raise ValueError(f"offsets must be integers in [1, {T}) (the context length), got {list(offsets)}")
+    for k in offsets:
+        check_int("each of offsets", k, 1, T - 1, hint=f"below the context length {T}")
     n = min(max_windows, tokens.numel() // T)
     if n < 1:
         raise ValueError(f"tokens holds {tokens.numel()} tokens, fewer than one window of {T}")

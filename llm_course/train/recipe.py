@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from llm_course.core.checks import check_choice, check_int, check_positive, check_positive_int, check_probability
 from llm_course.models.bert import BERTConfig
 from llm_course.models.gpt import GPTConfig
 from llm_course.models.shape import ModelShape
@@ -74,30 +75,19 @@ class PretrainRecipe(ModelShape):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shape: positive integers, n_embd divisible by n_head
-        if self.kind not in PRETRAIN_KINDS:
-            raise ValueError(f"PretrainRecipe.kind must be one of {PRETRAIN_KINDS}, got {self.kind!r}")
+        check_choice("PretrainRecipe.kind", self.kind, PRETRAIN_KINDS)
         for name in ("batch_size", "eval_interval", "eval_steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"PretrainRecipe.{name} must be a positive integer, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"PretrainRecipe.max_steps must be a positive integer or None, got {self.max_steps!r}")
-        if self.time_budget_s is not None and not self.time_budget_s > 0:
-            raise ValueError(f"PretrainRecipe.time_budget_s must be > 0 seconds or None, got {self.time_budget_s!r}")
+            check_positive_int(f"PretrainRecipe.{name}", getattr(self, name))
+        check_positive_int("PretrainRecipe.max_steps", self.max_steps, allow_none=True)
+        check_positive("PretrainRecipe.time_budget_s", self.time_budget_s, allow_none=True, hint="seconds")
         if self.max_steps is None and self.time_budget_s is None:
             raise ValueError("PretrainRecipe needs max_steps or time_budget_s (or both) to know when to stop")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"PretrainRecipe.threads must be a positive integer or None, got {self.threads!r}")
-        if not 0.0 < self.mlm_probability < 1.0:
-            raise ValueError(f"PretrainRecipe.mlm_probability must be in (0, 1), got {self.mlm_probability!r}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"PretrainRecipe.save_dtype must be one of {SAVE_DTYPES}, got {self.save_dtype!r}")
+        check_positive_int("PretrainRecipe.threads", self.threads, allow_none=True)
+        check_probability("PretrainRecipe.mlm_probability", self.mlm_probability, low_open=True, high_open=True)
+        check_choice("PretrainRecipe.save_dtype", self.save_dtype, SAVE_DTYPES)
         for name in ("max_train_chars", "max_val_chars"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1000):
-                raise ValueError(f"PretrainRecipe.{name} must be None or an integer >= 1000, got {value!r}")
-        if not isinstance(self.val_slice_chars, int) or self.val_slice_chars < 100:
-            raise ValueError(f"PretrainRecipe.val_slice_chars must be an integer >= 100, got {self.val_slice_chars!r}")
+            check_int(f"PretrainRecipe.{name}", getattr(self, name), minimum=1000, allow_none=True)
+        check_int("PretrainRecipe.val_slice_chars", self.val_slice_chars, minimum=100)
         self.model_config()  # checks dropout
         self.train_config(self.max_steps or 1)  # checks lr, min_lr, warmup_steps >= 0, precision, ...
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_positive
 from llm_course.nn.evaluation import model_loss
 from llm_course.train.monitoring import Alert, DivergenceDetector, TensorBoardLogger
 
@@ -93,9 +94,8 @@ def gradient_norm_timing(model: nn.Module, batch: Mapping[str, torch.Tensor], ma
         raise ValueError("batch must be a dict with 'input_ids' and 'labels' (labels=input_ids for a language "
                          f"model), so that the model returns a loss; got {type(batch).__name__}"
                          + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else ""))
-    for name, value in (("max_grad_norm", max_grad_norm), ("spike", spike)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    check_positive("max_grad_norm", max_grad_norm)
+    check_positive("spike", spike)
 
     model.zero_grad(set_to_none=True)
     model_loss(model, dict(batch)).backward()

@@ -24,11 +24,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ipywidgets as widgets
-import numpy as np
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
+from llm_course.core.checks import check_float, check_int, check_positive_int
 from llm_course.core.runtime import eval_mode
 from llm_course.infer.decode_step import DecodeState, next_token_logits
 from llm_course.infer.generation import generate
@@ -58,24 +58,22 @@ _RANGES: dict[str, tuple[float, float, bool]] = {
     "seed": (0, 2**31 - 1, True),
     "max_new_tokens": (1, 200, True),
 }
+# what a setting out of its range is told (core.checks adds the name, the range and the value)
+_HINTS = {
+    "temperature": "the logits are divided by it, so 0 is impossible; for the most likely token every time use "
+                   "greedy decoding, generate(..., do_sample=False)",
+    "top_k": "0 turns top-k off",
+    "top_p": "1 turns top-p off",
+    "repetition_penalty": "1 = no penalty",
+}
 _LOGITS_CACHE = 32  # texts whose next-token logits are kept (one float per vocabulary token each)
 
 
 def _check_setting(name: str, value: Any) -> float | int:
-    """``value`` if it is a valid setting for control ``name``; a clear error otherwise."""
+    """``value`` checked against the slider range of control ``name`` (``_RANGES``): an int or a float."""
     low, high, integer = _RANGES[name]
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or (
-            integer and not isinstance(value, (int, np.integer))):
-        raise TypeError(f"{name} must be {kind} in [{low:g}, {high:g}], got {type(value).__name__} {value!r}")
-    if not low <= value <= high:
-        hint = {"top_k": " (0 turns top-k off)", "top_p": " (1 turns top-p off)",
-                "repetition_penalty": " (1 = no penalty)"}.get(name, "")
-        if name == "temperature" and value < low:
-            hint = (" (the logits are divided by it, so 0 is impossible; for the most likely token every time "
-                    "use greedy decoding, generate(..., do_sample=False))")
-        raise ValueError(f"{name}={value!r} is out of range: use {kind} from {low:g} to {high:g}{hint}")
-    return int(value) if integer else float(value)
+    check = check_int if integer else check_float
+    return check(name, value, low, high, hint=_HINTS.get(name, ""))
 
 
 def _default_eos(tokenizer: Any) -> int | None:
@@ -140,8 +138,7 @@ class SamplingExplorer(Holdable, widgets.VBox):
             raise TypeError("pass the model's tokenizer too: SamplingExplorer(model, tokenizer, prompt)")
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-        if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-            raise ValueError(f"top_n (how many tokens to draw) must be an integer >= 1, got {top_n!r}")
+        check_positive_int("top_n", top_n, hint="how many tokens to draw")
         settings = {"temperature": temperature, "top_k": top_k, "top_p": top_p,
                     "repetition_penalty": repetition_penalty, "seed": seed, "max_new_tokens": max_new_tokens}
         settings = {name: _check_setting(name, value) for name, value in settings.items()}

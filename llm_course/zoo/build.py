@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_choice
 from llm_course.infer.generation import generate
 from llm_course.models.bert import BERT
 from llm_course.models.gpt import GPT
@@ -139,8 +140,7 @@ def slice_loss(model: nn.Module, tokenizer: ByteLevelBPETokenizer, text: str, ki
     and bits per character of ``text``. Masked LM: ``mlm_eval_batches`` (fixed masks). ``model`` is a
     course ``GPT``/``BERT`` or the matching transformers model (both return ``.loss``).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_choice("kind", kind, KINDS)
     # the tokenizer's Rust twin: the same ids as tokenizer.encode(text), ~10x faster on a long text
     ids = torch.tensor(tokenizer.to_hf_tokenizer().encode(text).ids, dtype=torch.long)
     if kind == "causal-lm":

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from llm_course.core.checks import check_choice
 from llm_course.core.paths import CHECKPOINTS_DIR
 from llm_course.core.runtime import quiet_loading
 from llm_course.models.bert import BERT
@@ -187,8 +188,8 @@ def load_pretrained(
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a zoo name, a folder or a Hub id (str), "
                         f"got {type(name_or_path).__name__}")
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS} (or None: read it from the checkpoint), got {kind!r}")
+    if kind is not None:
+        check_choice("kind", kind, KINDS, hint="or None: read it from the checkpoint")
     text = os.fspath(name_or_path)
     if text in ZOO:
         folder: Path | None = checkpoint_dir(text)

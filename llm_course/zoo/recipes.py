@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch.nn as nn
 
+from llm_course.core.checks import check_choice, check_positive, check_positive_int
 from llm_course.train.recipe import PRETRAIN_KINDS, SAVE_DTYPES, PretrainRecipe
 
 __all__ = ["KINDS", "TASK_NAMES", "PICKLE_SUFFIXES", "GREEDY_PROMPT", "MLM_MASK_SEED", "TunedRecipe", "ZooTask",
@@ -56,18 +57,12 @@ class TunedRecipe:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"TunedRecipe.kind must be one of {KINDS}, got {self.kind!r}")
-        if self.task not in TASK_NAMES:
-            raise ValueError(f"TunedRecipe.task must be one of {TASK_NAMES}, got {self.task!r}")
-        if self.save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"TunedRecipe.save_dtype must be one of {SAVE_DTYPES}, got {self.save_dtype!r}")
+        check_choice("TunedRecipe.kind", self.kind, KINDS)
+        check_choice("TunedRecipe.task", self.task, TASK_NAMES)
+        check_choice("TunedRecipe.save_dtype", self.save_dtype, SAVE_DTYPES)
         for name in ("steps", "batch_size", "eval_examples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TunedRecipe.{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TunedRecipe.lr must be positive, got {self.lr!r}")
+            check_positive_int(f"TunedRecipe.{name}", getattr(self, name))
+        check_positive("TunedRecipe.lr", self.lr)
 
     def replace(self, **changes: Any) -> TunedRecipe:
         """A copy with some fields changed (``options`` entries too: ``replace(max_history=1)``)."""

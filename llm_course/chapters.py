@@ -34,7 +34,8 @@ class Chapter:
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter("01", "Introduction and tokenization", "1. Введение в большие языковые модели",
             ("core.runtime", "core.deps", "core.paths", "core.checks", "text.tokenizer", "text.corpora",
-             "text.dialogs", "text.encoding", "text.tasks", "models.shape", "models.intro")),
+             "text.dialogs", "text.encoding", "text.tasks", "models.shape", "models.intro", "learn.source",
+             "learn.feedback", "learn.quiz", "learn.checker", "learn.assignments", "learn.chapter01")),
     Chapter("02", "Architectures: GPT, BERT, T5", "2. Архитектуры LLM",
             ("models.modeling", "models.gpt", "models.bert", "models.t5", "models.manual_ch02")),
     Chapter("03", "Attention", "3. Трансформеры и механизмы внимания",
@@ -50,7 +51,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("07", "Inference: decoding, quantization, ONNX", "7. Инференс и оптимизация",
             ("infer.logits_processors", "infer.decode_step", "infer.beam_search", "infer.generation",
              "viz.distributions", "infer.static_cache", "nn.quant_formats", "nn.quantization", "infer.onnx_export",
-             "widgets.sampling_explorer")),
+             "infer.onnx_cache", "infer.compiled", "widgets.sampling_explorer")),
     Chapter("08", "Applications: chat bot, classification, summarization", "8. Практические примеры",
             ("apps.chat", "apps.chat_tuning", "apps.classification", "apps.summarization",
              "apps.summarization_tuning")),
@@ -80,6 +81,7 @@ LAYERS: tuple[Layer, ...] = (
     Layer("zoo", "the shipped checkpoints: recipes, loading, making them"),
     Layer("apps", "the chat bot, classification, summarization"),
     Layer("widgets", "the ipywidgets explorers (attention, sampling)"),
+    Layer("learn", "library source on the page, questions with feedback, exercise checkers, nbgrader notebooks"),
     Layer("", "the command line, the benchmark runner and the README's tables"),
 )
 

@@ -7,6 +7,7 @@ Chapter 01 (course set-up)::
     llm-course lab                     # open the notebooks in JupyterLab
     llm-course bench [NAME ...]        # run benchmarks/bench_*.py, record, update the README
     llm-course readme                  # regenerate the README's measured tables
+    llm-course modules [NN]            # where a chapter's code is: its modules, one line each
     llm-course strip FILE.ipynb ...    # remove outputs (notebooks are committed without them)
 
 Chapter 04 (the model zoo, ``llm_course.zoo``)::
@@ -57,23 +58,37 @@ def _version(dist: str) -> str | None:
 
 
 def check_report() -> list[tuple[str, str]]:
-    """The environment report as (item, value) rows."""
+    """The environment report as (item, value) rows.
+
+    Each dependency the course tests at both ends of its range (``llm_course.versions``: the floor pinned in
+    requirements-floor.txt, the newest recorded by the main test run) is reported with whether the installed
+    version is inside that tested range. Python: only 3.11 is tested (the one the test machines have).
+    """
     import torch
 
+    from llm_course import versions
     from llm_course.core.runtime import describe_device, get_device
 
+    tested = dict(versions.tested_rows())
+    python = sys.version.split()[0]
     rows = [
-        ("python", sys.version.split()[0]),
+        ("python", python + ("" if sys.version_info[:2] == (3, 11) else ": untested (only Python 3.11 is tested)")),
         ("llm-course", _version("llm-course") or "not installed (running from source)"),
-        ("torch", f"{torch.__version__} (CUDA build: {torch.version.cuda or 'no'})"),
+        ("torch", f"{tested.get('torch', torch.__version__)} (CUDA build: {torch.version.cuda or 'no'})"),
         ("device", describe_device(get_device())),
     ]
+    shown = {"torch"}
     for dist in ("transformers", "tokenizers", "safetensors", "ipywidgets", "matplotlib", "papermill"):
-        rows.append((dist, _version(dist) or "MISSING: pip install " + dist))
+        rows.append((dist, tested.get(dist) if _version(dist) else "MISSING: pip install " + dist))
+        shown.add(dist)
     for mod, pkg, why in OPTIONAL:
         ok = importlib.util.find_spec(mod) is not None
-        rows.append((pkg, (_version(pkg.split("[")[0]) or "present") if ok
+        dist = pkg.split("[")[0]
+        rows.append((pkg, (tested.get(dist) or _version(dist) or "present") if ok
                      else f"not installed (optional, for {why}): pip install {pkg}"))
+        shown.add(dist)
+    # the other tracked packages (peft, accelerate, onnx, ...), each with its tested range
+    rows += [(dist, value) for dist, value in tested.items() if dist not in shown and not value.startswith("not ins")]
     written = [c.number for c in CHAPTERS if c.notebook()]
     rows.append(("notebooks", f"{len(written)} of {len(CHAPTERS)} chapters: {', '.join(written) or 'none'}"))
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -207,6 +222,23 @@ def _zoo(args: argparse.Namespace) -> None:
             print(f"docs validation split on this machine: loss {v['loss']:.4f}{bpc}")
 
 
+def modules_listing(chapter: str | int | None = None) -> str:
+    """Where a chapter's code is: each module it teaches and what the module holds. Chapter 01.
+
+    ``llm-course modules 04``; without a chapter, every chapter in turn. Unknown chapters are a ValueError.
+    """
+    from llm_course.report import package_modules
+
+    docs = package_modules()
+    chapters = [find_chapter(chapter)] if chapter is not None else list(CHAPTERS)
+    lines = []
+    for ch in chapters:
+        lines.append(f"{ch.number} {ch.title} ({ch.manual_section})")
+        width = max(len(m) for m in ch.modules) + len("llm_course.")
+        lines += [f"  {'llm_course.' + m:<{width}}  {docs.get(m, '(missing)')}" for m in ch.modules]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llm-course", description="The LLM course's helper command.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -221,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_b.add_argument("names", nargs="*")
     p_b.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, nothing recorded")
     sub.add_parser("readme", help="regenerate the README's measured tables")
+    p_m = sub.add_parser("modules", help="the modules a chapter teaches (all chapters without NN)")
+    p_m.add_argument("chapter", nargs="?", help="chapter number, e.g. 04")
     p_s = sub.add_parser("strip", help="remove outputs from notebooks")
     p_s.add_argument("files", nargs="+", type=Path)
     p_z = sub.add_parser("zoo", help="the course's pretrained checkpoints (chapter 04)")
@@ -254,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.cmd == "readme":
             from llm_course.report import update_readme
             print("README updated" if update_readme() else "README already up to date")
+        elif args.cmd == "modules":
+            print(modules_listing(args.chapter))
         elif args.cmd == "zoo":
             _zoo(args)
         elif args.cmd == "strip":

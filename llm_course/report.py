@@ -20,14 +20,18 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from llm_course.benchtools import format_table, machine_info, results_dir
 from llm_course.chapters import CHAPTERS, LAYERS, chapters_of, notebooks_dir
+from llm_course.core.checks import check_positive
+from llm_course.learn.assignments import solution_notebooks, student_path
 
 __all__ = ["NOTEBOOK_STATS", "REPORT", "load_notebook_stats", "save_notebook_stats", "update_readme",
-           "notebook_table", "module_table", "package_modules", "benchmark_sections", "benchmark_files",
+           "notebook_table", "exercise_links",
+           "module_table", "package_modules", "benchmark_sections", "benchmark_files",
            "run_benchmarks", "load_report"]
 
 NOTEBOOK_STATS = "notebooks.json"
@@ -35,6 +39,9 @@ REPORT = "report.json"
 REPO_URL = "https://github.com/llm-course/llm-course"
 COLAB_URL = "https://colab.research.google.com/github/llm-course/llm-course/blob/main/notebooks/{name}"
 BINDER_URL = "https://mybinder.org/v2/gh/llm-course/llm-course/main?labpath=notebooks%2F{name}"
+# The exercise notebooks (exercises/NN_<topic>.ipynb and its _solutions.ipynb): the same links, another folder.
+EXERCISE_COLAB_URL = COLAB_URL.replace("/notebooks/", "/exercises/")
+EXERCISE_BINDER_URL = BINDER_URL.replace("=notebooks%2F", "=exercises%2F")
 
 
 def _stats_path() -> Path:
@@ -60,6 +67,9 @@ def save_notebook_stats(entries: dict[str, dict[str, Any]]) -> Path:
     path = _stats_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine_info(), "notebooks": dict(sorted(stats.items()))}
+    server = load_server_memory()
+    if server is not None:  # measured by its own test (tests/test_binder_memory.py): kept across runs
+        payload[SERVER_KEY] = server
     _write_json(path, payload)
     report = results_dir() / REPORT
     if report.exists():  # the one report carries the notebook figures of the latest test run too
@@ -70,6 +80,38 @@ def save_notebook_stats(entries: dict[str, dict[str, Any]]) -> Path:
         if isinstance(data, dict):
             data["notebooks"] = payload
             _write_json(report, data)
+    return path
+
+
+SERVER_KEY = "jupyter_server"
+
+
+def load_server_memory() -> dict[str, Any] | None:
+    """The JupyterLab server's measured memory (``{"pss_mb": ..., ...}``), or None if never measured."""
+    path = _stats_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError:
+        return None
+    server = data.get(SERVER_KEY)
+    return server if isinstance(server, dict) and "pss_mb" in server else None
+
+
+def save_server_memory(pss_mb: float, **details: Any) -> Path:
+    """Record JupyterLab's own server memory next to the notebook figures. Chapter-independent (Binder).
+
+    On Binder the 2 GB limit covers the whole container: the server (``jupyter lab``) plus the kernel and
+    every process the kernel starts. ``pss_mb``: the server process's proportional set size with a notebook
+    open (its kernel excluded: that is counted per notebook); ``details``: how it was measured.
+    """
+    check_positive("pss_mb", pss_mb, hint="megabytes")
+    path = _stats_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); delete it and rerun `make test`") from exc
+    data[SERVER_KEY] = {"pss_mb": round(float(pss_mb), 1), **details}
+    _write_json(path, data)
     return path
 
 
@@ -84,29 +126,52 @@ def _write_json(path: Path, data: Any) -> None:
 def notebook_table() -> str:
     """The README's chapter table: notebook, manual section, links, measured time and memory."""
     stats = load_notebook_stats()
+    server = load_server_memory()
     lines = [
-        "| # | Notebook | Manual section (Russian) | Open | Time (2 cores) | Peak memory |",
-        "|---|---|---|---|---|---|",
+        "| # | Notebook | Manual section (Russian) | Open | Exercises | Time (2 cores) | Peak memory (kernel) "
+        "| Binder container |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for ch in CHAPTERS:
         nb = ch.notebook()
         if nb is None:
-            lines.append(f"| {ch.number} | {ch.title} *(coming)* | {ch.manual_section} | | | |")
+            lines.append(f"| {ch.number} | {ch.title} *(coming)* | {ch.manual_section} | | | | | |")
             continue
         s = stats.get(nb.name, {})
         t = f"{s['seconds']:.0f} s" if "seconds" in s else "not measured"
         m = f"{s['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in s else ""
+        c = ""  # the container's view: kernel + its children (PSS), plus the server when measured
+        if "container_pss_mb" in s:
+            c = f"{s['container_pss_mb']:.0f} MB"
+            if server is not None:
+                c += f" + {server['pss_mb']:.0f} = {s['container_pss_mb'] + server['pss_mb']:.0f} MB"
         if s.get("failed_cells"):
             t += f" ({s['failed_cells']} failed cells)"
         links = (f"[Colab]({COLAB_URL.format(name=nb.name)}) · "
                  f"[Binder]({BINDER_URL.format(name=nb.name)})")
         lines.append(f"| {ch.number} | [{ch.title}](notebooks/{nb.name}) | {ch.manual_section} "
-                     f"| {links} | {t} | {m} |")
+                     f"| {links} | {exercise_links(ch.number)} | {t} | {m} | {c} |")
     machine = _notebook_machine()
     if machine:
         lines += ["", f"*Time and peak memory (the kernel's, VmHWM) measured by the test run (`make test`) on "
-                      f"{_where(machine)}.*"]
+                      f"{_where(machine)}. Binder container: what a container's memory limit sees, the peak of "
+                      "the kernel's and all its child processes' proportional set size (Ray's workers, "
+                      "torchrun's ranks; sampled every 0.5 s)"
+                      + (" plus JupyterLab's own server with a notebook open" if server else "")
+                      + "; Binder's limit is 2 GB (2048 MB).*"]
     return "\n".join(lines)
+
+
+def exercise_links(number: str) -> str:
+    """The chapter's exercises and solutions, each with Colab and Binder links ("" if it has none yet)."""
+    found = [p for p in solution_notebooks() if p.name.startswith(f"{number}_")]
+    if not found:
+        return ""
+    parts = []
+    for label, path in (("exercises", student_path(found[0])), ("solutions", found[0])):
+        parts.append(f"[{label}](exercises/{path.name}) ([Colab]({EXERCISE_COLAB_URL.format(name=path.name)}), "
+                     f"[Binder]({EXERCISE_BINDER_URL.format(name=path.name)}))")
+    return " · ".join(parts)
 
 
 def _notebook_machine() -> dict[str, Any] | None:
@@ -118,8 +183,8 @@ def _notebook_machine() -> dict[str, Any] | None:
 
 
 def _where(machine: dict[str, Any]) -> str:
-    return (f"{machine.get('cpu_count', '?')} cores ({machine.get('machine', '?')}), torch {machine.get('torch', '?')}, "
-            f"{machine.get('cuda') or 'CPU'}, {machine.get('date', '?')}")
+    return (f"{machine.get('cpu_count', '?')} cores ({machine.get('machine', '?')}), "
+            f"torch {machine.get('torch', '?')}, {machine.get('cuda') or 'CPU'}, {machine.get('date', '?')}")
 
 
 def _result_files() -> list[Path]:

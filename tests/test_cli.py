@@ -76,3 +76,16 @@ def test_strip_removes_outputs(tmp_path):
 def test_bench_unknown_name_is_a_clear_error():
     r = _run("bench", "no_such_benchmark", "--quick")
     assert r.returncode == 2 and "unknown benchmark" in r.stderr
+
+
+def test_modules_lists_each_module_a_chapter_teaches(capsys):
+    from llm_course.chapters import find_chapter
+
+    assert cli.main(["modules", "4"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("04 Pretraining")
+    listed = [line.split()[0] for line in out[1:]]
+    assert listed == [f"llm_course.{m}" for m in find_chapter("04").modules]
+    assert all("(missing)" not in line for line in out)  # each module exists and has a docstring
+    assert cli.main(["modules", "12"]) == 2
+    assert "unknown chapter '12'" in capsys.readouterr().err

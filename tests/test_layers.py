@@ -4,6 +4,7 @@ no import cycles (hidden ones included), and each module stays one readable idea
 ``llm_course`` is a stack of subpackages (README, "How the code is organised")::
 
     cli, report, benchtools, chapters      the command line and the README's tables
+    learn                                  show_source, questions with feedback, exercise checkers, nbgrader
     widgets                                ipywidgets explorers (attention, sampling)
     apps                                   chat bot, classification, summarization
     zoo                                    shipped checkpoints: recipes, loading, making them
@@ -31,7 +32,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "llm_course"
 
 # Lowest first. Top-level modules (cli.py, report.py, ...) form the top layer, "".
-LAYERS = ("core", "text", "nn", "models", "viz", "infer", "train", "zoo", "apps", "widgets", "")
+LAYERS = ("core", "text", "nn", "models", "viz", "infer", "train", "zoo", "apps", "widgets", "learn", "")
 
 # Modules over MAX_LINES that are one idea, and why. Anything else over the limit is a defect.
 MAX_LINES = 500

@@ -1,0 +1,309 @@
+"""Exercise checkers: one call checks a student's answer and says specifically what is wrong. Chapter 01 on.
+
+``FunctionExercise`` checks a student's function against the reference on generated inputs (edge cases
+first, then random ones) and reports the first input on which they differ, with the expected and the
+actual value. ``ValueExercise`` checks a number (a prediction, a measurement) against its closed-form
+value or a range. ``ExerciseSet`` holds a chapter's exercises: ``ex.check("merge_pair", merge_pair)``.
+
+A student's answer is bad input too, so the checker never crashes on it: a stub (``raise
+NotImplementedError``, a body of ``...`` or ``pass``) is "not attempted yet"; a function that raises
+gets its exception and its own line shown; one that returns the wrong type or shape, changes its input
+in place or runs past the time limit gets a message saying so. The time limit interrupts the student's
+code with a signal (SIGALRM, in the main thread of a Unix kernel) or else leaves it in a daemon thread:
+a hang never hangs the checker.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import inspect
+import numbers
+import signal
+import textwrap
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llm_course.core.checks import check_bool, check_positive, check_str
+from llm_course.learn.feedback import FAILED, NOT_ATTEMPTED, PASSED, Feedback, difference, preview
+
+__all__ = ["Case", "Outcome", "call_with_time_limit", "is_stub", "FunctionExercise", "ValueExercise", "agree",
+           "ExerciseSet"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input of a check: the positional arguments and, for edge cases, what is special about it."""
+
+    args: tuple
+    note: str = ""
+
+
+@dataclass
+class Outcome:
+    """What calling the student's function did: ``kind`` is "returned", "raised", "stub" or "timeout"."""
+
+    kind: str
+    value: Any = None
+    error: BaseException | None = None
+
+
+class _TimeLimit(BaseException):
+    """Raised inside the student's code when its time is up (a BaseException: ``except Exception`` in
+    the student's code cannot swallow it)."""
+
+
+def call_with_time_limit(fn: Callable, args: tuple, seconds: float) -> Outcome:
+    """Call ``fn(*args)`` and say what happened, stopping it after ``seconds``. Chapter 01.
+
+    Never raises for anything the student's code does (KeyboardInterrupt excepted: Ctrl-C / the
+    notebook's stop button still stops everything).
+    """
+    if hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread():
+        return _call_with_alarm(fn, args, seconds)
+    return _call_in_thread(fn, args, seconds)
+
+
+def _classify(fn: Callable, args: tuple) -> Outcome:
+    try:
+        return Outcome("returned", fn(*args))
+    except NotImplementedError as exc:
+        return Outcome("stub", error=exc)
+    except (_TimeLimit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # SystemExit too: a student's exit() must not end the kernel's cell
+        return Outcome("raised", error=exc)
+
+
+def _call_with_alarm(fn: Callable, args: tuple, seconds: float) -> Outcome:
+    def on_alarm(signum, frame):
+        raise _TimeLimit
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            return _classify(fn, args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _TimeLimit:
+        return Outcome("timeout")
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _call_in_thread(fn: Callable, args: tuple, seconds: float) -> Outcome:
+    box: list[Outcome] = []
+    worker = threading.Thread(target=lambda: box.append(_classify(fn, args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return box[0] if box else Outcome("timeout")  # a daemon thread left running never blocks the kernel's exit
+
+
+def is_stub(fn: Any) -> bool:
+    """True if ``fn``'s body is only a docstring, ``...``, ``pass`` or ``raise NotImplementedError``. Chapter 01."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not funcs:
+        return False
+    for stmt in funcs[0].body:
+        if isinstance(stmt, ast.Pass) or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)):
+            continue  # pass, ..., a docstring
+        if isinstance(stmt, ast.Raise) and "NotImplementedError" in ast.unparse(stmt):
+            continue
+        return False
+    return True
+
+
+def _student_line(exc: BaseException) -> str:
+    """``line 4: return counts[pair]``: the last line of the student's own code in the traceback."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "llm_course" not in f.filename.replace("\\", "/")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"\n  at line {f.lineno} of {f.name}: {(f.line or '').strip()}"
+
+
+def _inputs(arg_names: Sequence[str], case: Case) -> str:
+    names = list(arg_names) + [f"arg{i}" for i in range(len(arg_names), len(case.args))]
+    text = ", ".join(f"{n}={preview(a, 160)}" for n, a in zip(names, case.args))
+    return text + (f"  ({case.note})" if case.note else "")
+
+
+@dataclass
+class FunctionExercise:
+    """"Implement ``name``": the student's function must agree with ``reference`` on every case. Chapter 01.
+
+    ``cases(rng)`` yields the inputs (``Case`` objects or argument tuples), edge cases first;
+    ``compare(expected, actual, args)`` may replace the default :func:`difference` where several answers
+    are right (it returns None, or what is wrong). ``time_limit`` (seconds) applies to each call.
+    """
+
+    name: str
+    reference: Callable
+    cases: Callable[[np.random.Generator], Iterable[Case | tuple]]
+    hint: str
+    task: str = ""
+    compare: Callable[[Any, Any, tuple], str | None] | None = None
+    rtol: float = 1e-6
+    atol: float = 1e-9
+    time_limit: float = 2.0
+    seed: int = 0
+    kind: str = "implement"
+
+    def __post_init__(self) -> None:
+        self.time_limit = check_positive("time_limit", self.time_limit, hint="seconds allowed for each call")
+
+    def all_cases(self) -> list[Case]:
+        return [c if isinstance(c, Case) else Case(tuple(c)) for c in self.cases(np.random.default_rng(self.seed))]
+
+    def check(self, answer: Any) -> Feedback:
+        """Run the student's function on every case; the first failure is the feedback."""
+        name = self.name
+        if not callable(answer):
+            return Feedback(FAILED, f"✗ {name}: expected your function itself, got {preview(answer, 80)}: pass "
+                                    f"{name}, not {name}(...)")
+        if is_stub(answer):
+            return self._not_attempted()
+        arg_names = list(inspect.signature(self.reference).parameters)
+        cases = self.all_cases()
+        for case in cases:
+            expected = self.reference(*copy.deepcopy(case.args))
+            given = copy.deepcopy(case.args)
+            outcome = call_with_time_limit(answer, given, self.time_limit)
+            on = f"\n  on input {_inputs(arg_names, case)}"
+            if outcome.kind == "stub":
+                return self._not_attempted()
+            if outcome.kind == "timeout":
+                return Feedback(FAILED, f"✗ {name} did not finish within {self.time_limit:g} s{on}\n  (an endless "
+                                        "loop? check that every loop moves forward)")
+            if outcome.kind == "raised":
+                err = outcome.error
+                return Feedback(FAILED, f"✗ {name} raised {type(err).__name__}: {err}{on}{_student_line(err)}")
+            if outcome.value is None and expected is not None:
+                return Feedback(FAILED, f"✗ {name} returned None{on}\n  (a missing `return`?)")
+            for i, (before, after) in enumerate(zip(case.args, given)):
+                changed = difference(before, after, rtol=0, atol=0)
+                if changed:
+                    arg = arg_names[i] if i < len(arg_names) else f"argument {i + 1}"
+                    return Feedback(FAILED, f"✗ {name} changed its input `{arg}` in place ({changed}){on}\n  "
+                                            "(build a new value instead of modifying the argument)")
+            wrong = (self.compare(expected, outcome.value, case.args) if self.compare else
+                     difference(expected, outcome.value, rtol=self.rtol, atol=self.atol))
+            if wrong:
+                return Feedback(FAILED, f"✗ {name} differs from the reference{on}\n  {wrong}\n  expected: "
+                                        f"{preview(expected)}\n  actual:   {preview(outcome.value)}")
+        edge = sum(1 for c in cases if c.note)
+        return Feedback(PASSED, f"✓ {name}: correct on all {len(cases)} inputs ({edge} edge "
+                                f"case{'s' * (edge != 1)}, {len(cases) - edge} random).")
+
+    def _not_attempted(self) -> Feedback:
+        return Feedback(NOT_ATTEMPTED, f"… {self.name}: not attempted yet: replace `raise NotImplementedError()` "
+                                       f"with your code. Stuck? ex.hint({self.name!r})")
+
+
+@dataclass
+class ValueExercise:
+    """"Predict, then run" or "experiment": a number checked against ``expected`` or ``[low, high]``. Chapter 01.
+
+    ``mistakes`` maps typical wrong answers to what they mean (the loss instead of the perplexity, ...);
+    ``why`` explains the right answer once the student has it.
+    """
+
+    name: str
+    hint: str
+    task: str = ""
+    expected: float | None = None
+    rtol: float = 0.01
+    low: float | None = None
+    high: float | None = None
+    why: str = ""
+    mistakes: dict[float, str] = field(default_factory=dict)
+    kind: str = "predict"
+
+    def check(self, answer: Any) -> Feedback:
+        name = self.name
+        if answer is None or answer is Ellipsis:
+            return Feedback(NOT_ATTEMPTED, f"… {name}: not attempted yet: put your number in place of `...`. "
+                                           f"Stuck? ex.hint({name!r})")
+        if type(answer).__name__ == "Tensor" and answer.ndim == 0:
+            answer = answer.item()
+        if isinstance(answer, np.ndarray) and answer.ndim == 0:
+            answer = answer.item()
+        if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
+            return Feedback(FAILED, f"✗ {name}: expected a number, got {preview(answer, 80)}")
+        value = float(answer)
+        for wrong, meaning in self.mistakes.items():
+            if np.isclose(value, wrong, rtol=self.rtol):
+                return Feedback(FAILED, f"✗ {name}: {value:g} is not it: {meaning}")
+        if self.expected is not None and not np.isclose(value, self.expected, rtol=self.rtol):
+            side = "high" if value > self.expected else "low"
+            return Feedback(FAILED, f"✗ {name}: {value:g} is too {side}. Stuck? ex.hint({name!r})")
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            return Feedback(FAILED, f"✗ {name}: {value:g} is outside the range this experiment gives, "
+                                    f"[{self.low:g}, {self.high:g}]: check the settings the task asks for")
+        return Feedback(PASSED, f"✓ {name}: {value:g} is right." + (f" {self.why}" if self.why else ""))
+
+
+class ExerciseSet:
+    """A chapter's exercises by name: ``ex.check(name, answer)``, ``ex.hint(name)``. Chapter 01."""
+
+    def __init__(self, exercises: Iterable[FunctionExercise | ValueExercise]) -> None:
+        self.exercises = {e.name: e for e in exercises}
+
+    def __getitem__(self, name: str) -> FunctionExercise | ValueExercise:
+        check_str("name", name)
+        if name not in self.exercises:
+            raise ValueError(f"no exercise named {name!r}; this chapter has {', '.join(self.exercises)}")
+        return self.exercises[name]
+
+    def check(self, name: str, answer: Any, *, explanation: Any = None, hint: bool = False) -> Feedback:
+        """Check ``answer`` for exercise ``name``; ``hint=True`` adds the hint to anything but a pass.
+
+        An experiment also wants ``explanation``: one sentence (at least four words) on what the
+        measurement shows.
+        """
+        check_bool("hint", hint)
+        exercise = self[name]
+        result = exercise.check(answer)
+        if result.passed and exercise.kind == "experiment" and (
+                not isinstance(explanation, str) or len(explanation.split()) < 4):
+            result = Feedback(FAILED, f"{result.message}\n✗ {name}: the measurement is right; now explain it in one "
+                                      f"sentence: ex.check({name!r}, value, explanation=\"...\")")
+        if hint and not result.passed:
+            return Feedback(result.status, f"{result.message}\n  hint: {exercise.hint}")
+        return result
+
+    def hint(self, name: str) -> str:
+        """The hint for exercise ``name``."""
+        return f"hint for {name}: {self[name].hint}"
+
+    def __repr__(self) -> str:
+        return "exercises: " + ", ".join(f"{n} ({e.kind})" for n, e in self.exercises.items())
+
+
+def agree(ours: Callable, library: Callable, cases: Iterable[Case | tuple], *, rtol: float = 1e-6,
+          atol: float = 1e-9, name: str = "") -> int:
+    """Check a notebook's teaching version against the library's: the number of inputs checked. Chapter 01 on.
+
+    The cell after a lesson's key lines calls ``agree(bigram_probs, library_version, cases, rtol=1e-12)``
+    on random and edge-case inputs; an AssertionError names the first input on which they differ (or
+    what else went wrong: an exception, a changed input), so the page and the package cannot drift apart.
+    """
+    cases = list(cases)
+    if not cases:
+        raise ValueError("agree needs at least one input case: give random and edge-case inputs")
+    label = name or getattr(ours, "__name__", "the teaching version")
+    result = FunctionExercise(label, library, lambda rng: cases, hint="", rtol=rtol, atol=atol,
+                              time_limit=60.0).check(ours)
+    if not result.passed:
+        raise AssertionError(result.message.replace("the reference", "the library"))
+    return len(cases)

@@ -14,12 +14,13 @@ PYTEST_ARGS ?=
 # Jupyter refuses to run as root (as in many containers) unless told to.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: help venv install lab test test-fast lint bench readme strip clean
+.PHONY: help venv install lab test test-fast test-floor lint bench readme strip clean
 
 help:
 	@echo "make lab    install everything into $(VENV) and open the course in JupyterLab"
 	@echo "make test   install everything into $(VENV) and run every test, notebooks included"
 	@echo "make lint   check the code with ruff (its settings: pyproject.toml [tool.ruff])"
+	@echo "make test-floor  the same code on the oldest allowed versions (requirements-floor.txt) in $(FLOOR_VENV)"
 	@echo "make bench  run the benchmarks (ratios measured side by side)"
 	@echo "make readme regenerate the README's measured tables from benchmarks/results/"
 	@echo "make strip  remove outputs from every notebook (they are committed without outputs)"
@@ -60,5 +61,28 @@ readme: $(VENV)/.installed
 strip: $(VENV)/.installed
 	$(PY) -m llm_course.cli strip notebooks/*.ipynb
 
+# The oldest versions the project allows, tested: a second environment, .venv-floor/, with torch's CPU
+# build first (as above; torch's own floor is not installable here), then the project with every
+# direct dependency pinned to its floor (requirements-floor.txt, used as pip constraints). It runs
+# the library tests and the notebooks that exercise those packages. Its figures are not recorded
+# (LLM_COURSE_NO_RECORD): the README's measurements are the main environment's.
+FLOOR_VENV ?= .venv-floor
+FLOOR_PY := $(FLOOR_VENV)/bin/python
+FLOOR_NOTEBOOKS ?= notebooks/05_finetuning.ipynb notebooks/06_lora_qlora_adapters.ipynb \
+                   notebooks/07_inference.ipynb notebooks/08_applications.ipynb
+
+$(FLOOR_VENV)/.installed: pyproject.toml requirements-floor.txt
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install --quiet --upgrade pip
+	$(FLOOR_PY) -m pip install --quiet --retries 1 --timeout 20 $(TORCH_EXTRA) "torch==$(TORCH_VERSION)"
+	$(FLOOR_PY) -m pip install --quiet -e ".[lab,test]" -c requirements-floor.txt
+	$(FLOOR_PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (llm-course, floor)" >/dev/null
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_PY) -m llm_course.cli check
+	LLM_COURSE_NO_RECORD=1 $(FLOOR_PY) -m pytest tests $(FLOOR_NOTEBOOKS) $(PYTEST_ARGS)
+
 clean:
-	rm -rf $(VENV) build runs .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build runs .pytest_cache

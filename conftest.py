@@ -2,14 +2,17 @@
 
 Every notebook in ``notebooks/`` is executed by nbval (``--nbval-lax``, configured in
 pyproject.toml), one pytest item per cell, in a fresh kernel. This plugin measures each
-notebook as a whole (wall time from kernel start to the last cell, and the kernel's peak
-resident memory, VmHWM), prints a table at the end of the run and records the figures in
-``benchmarks/results/notebooks.json``, from which the README's table is generated.
+notebook as a whole (wall time from kernel start to the last cell, the kernel's peak
+resident memory, VmHWM, and what a container's memory limit sees: the peak of the kernel's and all
+its child processes' proportional set size, sampled every 0.5 s), prints a table at the end of the
+run and records the figures in ``benchmarks/results/notebooks.json``, from which the README's table
+is generated.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +34,7 @@ def pytest_configure(config):
         config.option.nbval_lax = True
         config.option.nbval_current_env = True
 _NB_START: dict[str, float] = {}
+_NB_SAMPLERS: dict[str, _ContainerMemory] = {}
 
 
 def _is_cell(item) -> bool:
@@ -73,6 +77,54 @@ def _peak_rss_mb(pid: int) -> float | None:
     return total / 2**20
 
 
+class _ContainerMemory:
+    """What a container's memory limit (Binder's 2 GB) sees of a notebook: the kernel and every process
+    it started (Ray's daemons and workers, torchrun's ranks, ...), summed as proportional set size (PSS:
+    a page shared by n processes counts 1/n in each, so shared libraries and shared memory count once).
+    A cgroup also charges page cache, which no process sum sees; PSS is the processes' own share.
+
+    Sampled in a background thread every ``every_s`` seconds from the notebook's first cell to its
+    last; ``peak_mb`` is the largest sum seen (a spike shorter than the interval can be missed)."""
+
+    def __init__(self, pid: int, every_s: float = 0.5) -> None:
+        import psutil
+
+        self.psutil, self.pid, self.every_s = psutil, pid, every_s
+        self.peak_mb = 0.0
+        self.peak_processes = 0
+        self.cell = self.peak_cell = ""  # the cell running now / when the peak was seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="container-memory", daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        try:
+            kernel = self.psutil.Process(self.pid)
+            procs = [kernel] + kernel.children(recursive=True)
+        except self.psutil.Error:
+            return  # the kernel has exited
+        total = 0
+        for proc in procs:
+            try:
+                info = proc.memory_full_info()  # reads /proc/PID/smaps_rollup
+                total += getattr(info, "pss", info.rss)  # not Linux: RSS, an upper bound
+            except self.psutil.Error:
+                pass  # a child that just exited, or one we may not read
+        if total / 2**20 > self.peak_mb:
+            self.peak_mb, self.peak_processes, self.peak_cell = total / 2**20, len(procs), self.cell
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.sample()
+
+    def stop(self) -> float:
+        """Stop sampling (one last sample first) and return the peak in MB."""
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
     if _is_cell(item):
@@ -82,6 +134,16 @@ def pytest_runtest_setup(item):
         # wrong. Cell execution itself keeps nbval's own (long) timeout.
         item.output_timeout = max(getattr(item, "output_timeout", 5), 120)
     yield
+    # After the setup: nbval has started this notebook's kernel by now.
+    if _is_cell(item) and item.parent.name not in _NB_SAMPLERS:
+        pid = _kernel_pid(item)
+        try:
+            if pid:
+                _NB_SAMPLERS[item.parent.name] = _ContainerMemory(pid)
+        except ImportError:  # pragma: no cover - psutil is a test dependency
+            pass
+    if _is_cell(item) and item.parent.name in _NB_SAMPLERS:
+        _NB_SAMPLERS[item.parent.name].cell = item.name  # "Cell 16": where a peak happens
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -95,6 +157,11 @@ def pytest_runtest_teardown(item, nextitem):
         mb = _peak_rss_mb(pid) if pid else None
         if mb is not None:
             stats["peak_rss_mb"] = round(mb, 1)
+        sampler = _NB_SAMPLERS.pop(name, None)
+        if sampler is not None:
+            stats["container_pss_mb"] = round(sampler.stop(), 1)
+            stats["container_processes"] = sampler.peak_processes
+            stats["container_peak_cell"] = sampler.peak_cell
     yield
 
 
@@ -110,11 +177,12 @@ def pytest_terminal_summary(terminalreporter):
     if not _NB_STATS:
         return
     tr = terminalreporter
-    tr.section("notebooks: wall time and peak memory")
-    tr.write_line(f"{'notebook':45s} {'seconds':>8s} {'peak MB':>8s} {'cells':>6s} {'failed':>6s}")
+    tr.section("notebooks: wall time and peak memory (kernel VmHWM; kernel + children PSS)")
+    tr.write_line(f"{'notebook':45s} {'seconds':>8s} {'peak MB':>8s} {'PSS MB':>8s} {'cells':>6s} {'failed':>6s}")
     for name, s in sorted(_NB_STATS.items()):
         tr.write_line(f"{name:45s} {s.get('seconds', float('nan')):8.1f} "
-                      f"{s.get('peak_rss_mb', float('nan')):8.0f} {s['cells']:6d} {s['failed_cells']:6d}")
+                      f"{s.get('peak_rss_mb', float('nan')):8.0f} {s.get('container_pss_mb', float('nan')):8.0f} "
+                      f"{s['cells']:6d} {s['failed_cells']:6d}")
 
 
 def pytest_sessionfinish(session, exitstatus):

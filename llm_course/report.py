@@ -24,12 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llm_course import versions
 from llm_course.benchtools import format_table, machine_info, results_dir
 from llm_course.chapters import CHAPTERS, LAYERS, chapters_of, notebooks_dir
 from llm_course.core.checks import check_positive
 from llm_course.learn.assignments import solution_notebooks, student_path
 
 __all__ = ["NOTEBOOK_STATS", "REPORT", "load_notebook_stats", "save_notebook_stats", "update_readme",
+           "load_server_memory", "save_server_memory",
            "notebook_table", "exercise_links",
            "module_table", "package_modules", "benchmark_sections", "benchmark_files",
            "run_benchmarks", "load_report"]
@@ -364,6 +366,7 @@ def update_readme(readme: Path | None = None) -> bool:
     new = _replace_block(old, "notebooks", notebook_table())
     new = _replace_block(new, "benchmarks", benchmark_sections())
     new = _replace_block(new, "modules", module_table())
+    new = _replace_block(new, "tested-versions", versions.tested_table())
     if new != old:
         readme.write_text(new, encoding="utf-8")
         return True

@@ -25,7 +25,10 @@ def model() -> BERT:
 @pytest.fixture(scope="module")
 def hf(model) -> BertForMaskedLM:
     hf = model.to_hf().eval()
-    hf.set_attn_implementation("eager")
+    if hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation("eager")
+    else:  # transformers 4.50 (the floor) reads the choice from the config at every forward
+        hf.config._attn_implementation = "eager"
     return hf
 
 

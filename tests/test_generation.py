@@ -154,9 +154,21 @@ def _frequent_token(model: GPT, prompt: torch.Tensor) -> int:
     return int(generate(model, prompt, max_new_tokens=3)[0, -1])
 
 
+# Measured on the floor environment (transformers 4.50.0): its beam search returns other beams than the course's
+# (and than the newest tested transformers) in exactly these cases, all with length_penalty <= 0.
+BEAM_DIFFERS_ON_4_50 = {(0.0, True), (-0.5, True), (-0.5, False), (-0.5, "never")}
+
+
 @pytest.mark.parametrize("early_stopping", [True, False, "never"])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.0, -0.5, 2.0])
-def test_beam_search_equals_transformers(gpt, hf, early_stopping, length_penalty):
+def test_beam_search_equals_transformers(gpt, hf, early_stopping, length_penalty, request):
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).release < (4, 51) and (length_penalty, early_stopping) in BEAM_DIFFERS_ON_4_50:
+        # strict: if 4.50 ever matched here, the recorded difference would be wrong and this test fails
+        request.applymarker(pytest.mark.xfail(strict=True, reason="transformers 4.50's beam search ranks beams "
+                                              "differently with length_penalty <= 0"))
     prompt = torch.tensor([[5, 17, 42, 8]])
     eos = _frequent_token(gpt, prompt)
     kwargs = dict(max_new_tokens=10, num_beams=4, num_return_sequences=3, length_penalty=length_penalty,

@@ -27,7 +27,10 @@ def model() -> GPT:
 @pytest.fixture(scope="module")
 def hf(model) -> GPT2LMHeadModel:
     hf = model.to_hf().eval()
-    hf.set_attn_implementation("eager")  # so that it returns attention weights
+    if hasattr(hf, "set_attn_implementation"):
+        hf.set_attn_implementation("eager")  # so that it returns attention weights
+    else:  # transformers 4.50 (the floor) reads the choice from the config at every forward
+        hf.config._attn_implementation = "eager"
     return hf
 
 

@@ -100,13 +100,24 @@ def test_requirement_files_agree_with_each_other():
 
 
 def test_every_notebook_fits_in_binders_memory():
-    """The last test run's peak memory of each notebook (benchmarks/results/notebooks.json) is under 2 GB."""
-    stats = json.loads((ROOT / "benchmarks" / "results" / "notebooks.json").read_text())["notebooks"]
+    """Binder's 2 GB limit is the container's: for each notebook, the last test run's peak of the kernel plus
+    all its child processes (PSS; benchmarks/results/notebooks.json, recorded by conftest.py) plus JupyterLab's
+    own server with a notebook open (recorded by tests/test_binder_memory.py) is under 2 GB."""
+    data = json.loads((ROOT / "benchmarks" / "results" / "notebooks.json").read_text())
+    stats = data["notebooks"]
+    server = data.get("jupyter_server", {}).get("pss_mb")
+    assert server, "no recorded JupyterLab server memory: run `make test` (tests/test_binder_memory.py)"
     notebooks = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
-    missing = [n for n in notebooks if "peak_rss_mb" not in stats.get(n, {})]
-    assert not missing, f"no recorded memory for {missing}: run `make test`"
-    over = {n: stats[n]["peak_rss_mb"] for n in notebooks if stats[n]["peak_rss_mb"] >= BINDER_MEMORY_MB}
-    assert not over, f"notebooks over Binder's {BINDER_MEMORY_MB} MB: {over}"
+    missing = [n for n in notebooks if "container_pss_mb" not in stats.get(n, {})]
+    assert not missing, f"no recorded container memory for {missing}: run `make test`"
+    # The kernel's own peak (VmHWM) is part of the container figure, never more than it plus the slack of
+    # sampling (PSS splits shared pages; VmHWM counts them whole): a container figure far below it is broken.
+    for n in notebooks:
+        assert stats[n]["container_pss_mb"] > 0.5 * stats[n]["peak_rss_mb"], (n, stats[n])
+    total = {n: round(stats[n]["container_pss_mb"] + server) for n in notebooks}
+    over = {n: mb for n, mb in total.items() if mb >= BINDER_MEMORY_MB}
+    assert not over, (f"notebooks over Binder's {BINDER_MEMORY_MB} MB (kernel + children PSS + the server's "
+                      f"{server:.0f} MB): {over}")
 
 
 def test_badges_use_the_projects_repository_address():

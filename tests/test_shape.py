@@ -53,11 +53,11 @@ def test_bert_config_matches_transformers_bert_of_the_same_shape():
 
 
 @pytest.mark.parametrize("bad, error, match", [
-    (dict(n_layer=0), ValueError, "n_layer must be an integer >= 1"),
+    (dict(n_layer=0), ValueError, "n_layer must be a positive integer, got 0"),
     (dict(block_size=1), ValueError, "block_size"),
     (dict(n_embd=130, n_head=4), ValueError, "divisible"),
-    (dict(n_head=2.0), TypeError, "n_head must be an integer, got float"),
-    (dict(vocab_size=True), TypeError, "vocab_size must be an integer, got bool"),
+    (dict(n_head=2.0), TypeError, "n_head must be a positive integer, got float"),
+    (dict(vocab_size=True), TypeError, "vocab_size must be an integer >= 2, got bool"),
 ])
 def test_bad_shapes_name_the_field_with_the_rule(bad, error, match):
     with pytest.raises(error, match=match):

@@ -20,10 +20,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from packaging.version import Version
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
     BertForMaskedLM,
@@ -38,6 +40,10 @@ from transformers import (
 )
 
 from llm_course.models.modeling import context_length
+
+# transformers 5 builds GPT2/BERT/T5 tokenizers from a vocabulary in memory; 4.x (the floor, 4.50) needs the
+# fast classes and a tokenizers object for that.
+TRANSFORMERS_5 = Version(transformers.__version__).release >= (5,)
 from llm_course.text.tokenizer import ByteLevelBPETokenizer, bytes_to_unicode
 from llm_course.viz.attention_data import KINDS, collect_attentions
 from llm_course.viz.figures import (
@@ -76,6 +82,9 @@ def gpt2_tok() -> GPT2Tokenizer:
     bpe.train_from_iterator(CORPUS, trainers.BpeTrainer(
         vocab_size=330, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
         special_tokens=["<|endoftext|>"]))
+    if not TRANSFORMERS_5:  # 4.x: the slow tokenizer needs files; the fast one takes the trained object
+        return transformers.GPT2TokenizerFast(tokenizer_object=bpe, unk_token="<|endoftext|>",
+                                              bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
     return GPT2Tokenizer(vocab=bpe.get_vocab(), merges=merges)
 
@@ -83,6 +92,15 @@ def gpt2_tok() -> GPT2Tokenizer:
 @pytest.fixture(scope="module")
 def bert_tok() -> BertTokenizer:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "##s", "."]
+    if not TRANSFORMERS_5:  # 4.x: the same WordPiece tokenizer, built with the tokenizers library
+        wp = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+        wp.normalizer = normalizers.BertNormalizer(lowercase=True)
+        wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        wp.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                          special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        wp.decoder = decoders.WordPiece()
+        return transformers.BertTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]",
+                                              cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     return BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
 
 
@@ -90,6 +108,15 @@ def bert_tok() -> BertTokenizer:
 def t5_tok() -> T5Tokenizer:
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [("▁" + w, -1.0) for w in WORDS]
     pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz."] + [("▁", -3.0)]
+    if not TRANSFORMERS_5:  # 4.x: the slow tokenizer needs sentencepiece; the same Unigram model, built directly
+        uni = Tokenizer(models.Unigram(pieces, unk_id=2))
+        uni.normalizer = normalizers.Strip(left=False, right=True)  # as transformers 5's: no token for a final space
+        uni.pre_tokenizer = pre_tokenizers.Metaspace()
+        uni.decoder = decoders.Metaspace()
+        uni.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", 1)])
+        return transformers.T5TokenizerFast(tokenizer_object=uni, eos_token="</s>", unk_token="<unk>",
+                                            pad_token="<pad>", extra_ids=0)
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
@@ -161,12 +188,16 @@ def eager_reference(model: torch.nn.Module, tokenizer, text: str, decoder_ids: l
 
 
 def test_sdpa_models_return_no_attentions_so_the_explorer_switches_to_eager(gpt2, gpt2_tok):
-    """What transformers 5 does: sdpa attention gives an empty tuple (the reason for the switch)."""
+    """What transformers 5 does: sdpa attention gives an empty tuple (the reason for the switch). transformers
+    4.50 (the floor) instead falls back to eager attention by itself and returns the weights."""
     ids = torch.tensor([gpt2_tok(TEXT_A)["input_ids"]])
     with torch.no_grad():
         out = gpt2.eval()(ids, output_attentions=True)
     gpt2.train()
-    assert not out.attentions
+    if TRANSFORMERS_5:
+        assert not out.attentions
+    else:
+        assert len(out.attentions) == 2 and out.attentions[0].shape[-1] == len(ids[0])
     data = collect_attentions(gpt2, gpt2_tok, TEXT_A)
     assert data.attentions["self"].shape == (2, 4, len(ids[0]), len(ids[0]))
     # The model is left as it was found: sdpa, train mode.
@@ -321,6 +352,9 @@ def test_model_that_hides_its_weights_gets_a_clear_error(gpt2, gpt2_tok):
         def forward(self, input_ids, output_attentions=False):
             return self.inner(input_ids, output_attentions=output_attentions)
 
+    if not TRANSFORMERS_5:  # 4.50 falls back to eager attention by itself: the wrapper's weights just work
+        assert collect_attentions(Wrapper(gpt2), gpt2_tok, TEXT_A).attentions["self"].shape[0] == 2
+        return
     with pytest.raises(ValueError, match=r"attn_implementation='eager'"):
         collect_attentions(Wrapper(gpt2), gpt2_tok, TEXT_A)
 

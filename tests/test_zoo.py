@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packaging.version import Version
 
 from llm_course.core import paths
 from llm_course.infer.generation import generate
@@ -26,6 +28,11 @@ from llm_course.models.gpt import GPT
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
 from llm_course.train.recipe import PretrainRecipe
 from llm_course.zoo import build, loading, recipes
+
+# from_pretrained's dtype= is called torch_dtype= before transformers 4.56 (the floor, 4.50, takes dtype= for a
+# config attribute and then fails to print the config)
+FLOAT32 = ({"dtype": torch.float32} if Version(transformers.__version__).release >= (4, 56)
+           else {"torch_dtype": torch.float32})
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_MODEL_TARGET_BPC = 2.36  # notebook 04's quick GPT must reach this; the shipped one must beat it clearly
@@ -136,7 +143,7 @@ def test_gpt_loads_both_ways_with_equal_logits(gpt, gpt_dir):
 
     model, tok = gpt
     assert isinstance(model, GPT) and isinstance(tok, ByteLevelBPETokenizer) and not model.training
-    hf = AutoModelForCausalLM.from_pretrained(gpt_dir, dtype=torch.float32)  # plain transformers
+    hf = AutoModelForCausalLM.from_pretrained(gpt_dir, **FLOAT32)  # plain transformers
     hf_tok = AutoTokenizer.from_pretrained(gpt_dir)
     text = "Return a list of the words in the string, using sep as the delimiter. Привет, мир!"
     ids = tok.encode(text)
@@ -161,7 +168,7 @@ def test_gpt_recorded_validation_loss_is_reproduced_from_the_shipped_weights(gpt
     assert measured["loss"] == pytest.approx(sl["loss"], abs=1e-4)
     # An independent reference: transformers' logits, the cross-entropy summed by hand over windows that
     # overlap by one token (every token but the first predicted once), divided by characters.
-    hf = AutoModelForCausalLM.from_pretrained(gpt_dir, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(gpt_dir, **FLOAT32)
     ids = torch.tensor(tok.encode(sl["text"], allowed_special="none"))
     T, total, n = recipe["block_size"], 0.0, 0
     with torch.no_grad():
@@ -194,7 +201,7 @@ def test_gpt_greedy_continuation_is_deterministic_english_and_matches_transforme
     assert torch.equal(a, b)
     text = tok.decode(a[0, prompt.shape[1]:].tolist())
     assert text == recorded["continuation"]
-    hf = AutoModelForCausalLM.from_pretrained(gpt_dir, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(gpt_dir, **FLOAT32)
     hf_out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=recorded["max_new_tokens"],
                          do_sample=False, pad_token_id=0)
     assert torch.equal(hf_out, a)  # transformers' greedy search picks the same tokens
@@ -243,7 +250,7 @@ def test_bert_loads_both_ways_with_equal_logits_and_reproduces_its_metrics(bert_
 
     model, tok = loading.load_pretrained("course-bert")
     assert isinstance(model, BERT) and isinstance(tok, ByteLevelBPETokenizer)
-    hf = AutoModelForMaskedLM.from_pretrained(bert_dir, dtype=torch.float32)
+    hf = AutoModelForMaskedLM.from_pretrained(bert_dir, **FLOAT32)
     hf_tok = AutoTokenizer.from_pretrained(bert_dir)
     text = "Return the number of items in a container. Привет!"
     ids = [tok.special_tokens["[CLS]"], *tok.encode(text, allowed_special="none"), tok.special_tokens["[SEP]"]]
@@ -384,7 +391,7 @@ def test_train_checkpoint_tiny_recipe_makes_a_loadable_folder(tiny_dir):
     assert recipe["torch"] == torch.__version__ and recipe["seed"] == 0
     model, tok = loading.load_pretrained(tiny_dir)
     assert isinstance(model, GPT) and model.config.n_embd == 32 and tok.vocab_size == 300
-    hf = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(tiny_dir, **FLOAT32)
     x = torch.tensor([tok.encode("def main(): return 0")])
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, hf(x).logits, atol=1e-5, rtol=1e-5)

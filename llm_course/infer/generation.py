@@ -140,6 +140,7 @@ def _token_steps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     eos = torch.tensor(config.eos_ids, device=input_ids.device)
     stops = _StopStrings(config.stop_strings, tokenizer, input_ids.shape[1])
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    can_stop = bool(eos.numel()) or bool(stops.strings)  # can a row finish before max_new_tokens?
     max_length = input_ids.shape[1] + config.max_new_tokens
     window = context_length(model) if config.slide_context else None  # None: the whole text always fits
     if window is not None:
@@ -157,14 +158,16 @@ def _token_steps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
             next_id = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             next_id = logits.argmax(dim=-1)
-        next_id = torch.where(finished, torch.full_like(next_id, config.pad_id), next_id)  # finished rows: pad
+        if can_stop:
+            next_id = torch.where(finished, torch.full_like(next_id, config.pad_id), next_id)  # finished rows: pad
         ids = torch.cat([ids, next_id[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(next_id)[:, None]], dim=1)
         if eos.numel():
             finished |= torch.isin(next_id, eos)
-        finished |= stops.hit(ids)
+        if stops.strings:
+            finished |= stops.hit(ids)
         yield ids, mask, finished
-        if bool(finished.all()):
+        if can_stop and bool(finished.all()):  # (without eos or stop strings nothing finishes early: no check)
             return
 
 

@@ -12,9 +12,10 @@ The path here::
                                                    # .generate(model, ids, max_new_tokens=20, slide_context=True)
     quantize_onnx_int8(path, "gpt-int8.onnx")      # ONNX Runtime's own dynamic int8 quantization
 
-The exported graph has no KV cache (inputs and outputs would need every layer's keys and values with
-a dynamic past length), so each generated token re-runs the whole window: fast for short contexts,
-slower than PyTorch with its cache for long ones (benchmarks/bench_inference.py measures both).
+This graph has no KV cache, so each generated token re-runs the whole window: fast for short contexts,
+slower than PyTorch with its cache for long ones (benchmarks/bench_inference.py measures both). The
+graph with the cache as inputs and outputs (``past_key_values.*`` in, ``present.*`` out, as Optimum
+exports it) is ``llm_course.infer.onnx_cache.export_onnx_cached``.
 
 **Which exporter.** Since PyTorch 2.9, ``torch.onnx.export(..., dynamo=True)`` is the default: it
 captures the graph with ``torch.export`` and translates it with ``onnxscript`` (a required package).

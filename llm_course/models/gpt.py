@@ -22,6 +22,7 @@ input checks, weight renaming for conversion) lives in ``llm_course.models.model
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,11 @@ class GPTConfig:
                 "n_embd // n_head channels"
             )
         check_fraction("GPTConfig.dropout", self.dropout)
+
+    def to_dict(self) -> dict:
+        """The fields as a plain dict, as a transformers config gives them. peft reads a model's config with
+        ``config.to_dict()`` (peft before 0.18 knows no other way; peft 0.18+ needs transformers 4.53+)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass

@@ -181,7 +181,8 @@ TEST_SHARE = 5  # one input in TEST_SHARE (by hash) belongs to the test split, t
 
 
 def _task_input(example: Example) -> str:
-    """The input part of an ``llm_course.text.tasks`` prompt: ``"reverse: abc"`` -> ``"abc"``, ``"3+4="`` -> ``"3+4"``."""
+    """The input part of a ``llm_course.text.tasks`` prompt: ``"reverse: abc"`` -> ``"abc"``, ``"3+4="`` -> ``"3+4"``.
+    """
     if example.prompt.endswith("="):  # arithmetic: "3+4=" (the instruction asks for the value)
         return example.prompt[:-1]
     return example.prompt.split(": ", 1)[1]  # "reverse: abc", "count words: kato mire"

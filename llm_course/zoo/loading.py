@@ -239,6 +239,8 @@ def load_pretrained(
 
 
 def _load_hf_model(source: str, kind: str, shown: str, local: bool) -> nn.Module:
+    import transformers
+    from packaging.version import Version
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForMaskedLM,
@@ -247,9 +249,13 @@ def _load_hf_model(source: str, kind: str, shown: str, local: bool) -> nn.Module
 
     auto = {"causal-lm": AutoModelForCausalLM, "masked-lm": AutoModelForMaskedLM,
             "seq2seq-lm": AutoModelForSeq2SeqLM}[kind]
+    # transformers 4.56 renamed from_pretrained's torch_dtype= to dtype=; before it, dtype= is taken for a config
+    # attribute (and a torch.dtype in the config breaks its JSON form), so the older name is used there.
+    new_name = Version(transformers.__version__).release >= (4, 56)
+    as_float32 = {"dtype" if new_name else "torch_dtype": torch.float32}
     try:
         with quiet_loading(local):  # a local file loads in milliseconds: no progress bar
-            return auto.from_pretrained(source, dtype=torch.float32, use_safetensors=True, local_files_only=local)
+            return auto.from_pretrained(source, **as_float32, use_safetensors=True, local_files_only=local)
     except OSError as e:  # no network, no such repository, no safetensors file on the Hub
         where = "" if local else (" from the Hugging Face Hub (is the machine offline? set HF_HUB_OFFLINE=1 to "
                                   "fail fast)")

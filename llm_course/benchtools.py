@@ -116,8 +116,14 @@ def record(name: str, rows: Sequence[dict[str, Any]], notes: str = "", quick: bo
 
 
 def run_file(path: str | Path, quick: bool = False) -> Any:
-    """Import the benchmark script ``path`` and call its ``run(quick=...)``; returns its rows."""
+    """Import the benchmark script ``path`` and call its ``run(quick=...)``; returns its rows.
+
+    Benchmarks set torch's thread count for their measurements; it is restored afterwards, so a caller
+    (the test suite, ``llm-course bench``) keeps its own.
+    """
     import importlib.util
+
+    import torch
 
     path = Path(path)
     spec = importlib.util.spec_from_file_location(f"bench_{path.stem}", path)
@@ -125,7 +131,11 @@ def run_file(path: str | Path, quick: bool = False) -> Any:
         raise ValueError(f"{path} is not a Python file")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.run(quick=quick)
+    threads = torch.get_num_threads()
+    try:
+        return mod.run(quick=quick)
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":  # python -m llm_course.benchtools benchmarks/bench_x.py [--quick]: one benchmark

@@ -33,8 +33,11 @@ def _code(nb) -> list[str]:
     return [c.source for c in nb.cells if c.cell_type == "code"]
 
 
-def test_chapter_01_has_exercises_and_solutions():
+def test_every_chapter_with_exercises_has_solutions_and_a_student_notebook():
     assert [p.name for p in SOLUTIONS][:1] == ["01_introduction_and_tokenization_solutions.ipynb"]
+    learn = ROOT / "llm_course" / "learn"
+    chapters = sorted(p.stem.removeprefix("chapter") for p in learn.glob("chapter[0-9][0-9].py"))
+    assert [p.name[:2] for p in SOLUTIONS] == chapters, "one solutions notebook per llm_course/learn/chapterNN.py"
     for sol in SOLUTIONS:
         assert student_path(sol).exists(), f"{sol.name} has no student version: python -m llm_course.learn.assignments"
 
@@ -73,10 +76,11 @@ def test_every_exercise_has_a_graded_check_and_the_kinds_are_mixed(sol):
     answers = {m["grade_id"].removesuffix("_answer") for m in meta if m.get("solution")}
     checks = {m["grade_id"].removesuffix("_check"): m["points"] for m in meta if m.get("grade")}
     assert answers == set(checks) and all(p > 0 for p in checks.values())
-    from llm_course.learn.chapter01 import EXERCISES
+    import importlib
 
-    assert answers == set(EXERCISES.exercises)
-    assert {e.kind for e in EXERCISES.exercises.values()} == {"implement", "predict", "experiment"}
+    exercises = importlib.import_module(f"llm_course.learn.chapter{sol.name[:2]}").EXERCISES
+    assert answers == set(exercises.exercises)
+    assert {e.kind for e in exercises.exercises.values()} == {"implement", "predict", "experiment"}
 
 
 def test_release_refuses_a_notebook_that_is_not_a_solutions_notebook(tmp_path):

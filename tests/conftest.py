@@ -47,6 +47,36 @@ def no_processes_left_behind(request):
                     + "\n".join(described), pytrace=False)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_busy_threads_left_behind(request):
+    """Nor a Python thread that keeps computing: one left spinning (a timed-out endless loop, say) takes a
+    core and the GIL from every later test and notebook. A thread started during the file, still alive
+    after it and computing during a 0.5 s sample (over 0.02 s of CPU: a spinning thread gets more than
+    that even on a machine loaded 6 processes per core) fails the file; idle threads, such as a library's
+    sleeping monitor, are allowed."""
+    import threading
+
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a test dependency
+        yield
+        return
+    before = set(threading.enumerate())
+    yield
+    new = {t.native_id: t for t in threading.enumerate() if t not in before and t.is_alive() and t.native_id}
+    if not new:
+        return
+
+    def cpu() -> dict[int, float]:
+        return {t.id: t.user_time + t.system_time for t in psutil.Process().threads() if t.id in new}
+
+    start = cpu()
+    time.sleep(0.5)
+    busy = [new[tid] for tid, spent in cpu().items() if spent - start.get(tid, spent) > 0.02]
+    if busy:
+        pytest.fail(f"{request.node.name} left {len(busy)} busy thread(s) running: {busy}", pytrace=False)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models run fastest on one thread (and do not fight other processes for the cores).

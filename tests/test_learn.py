@@ -224,14 +224,23 @@ def test_time_limit_stops_a_hang(answer):
     assert result.status == FAILED and "did not finish within 0.3 s" in result.message
 
 
-def test_time_limit_outside_the_main_thread():
-    """Without signals (another thread, or Windows) a daemon thread keeps the hang away from the checker."""
+@pytest.mark.parametrize("answer", [_loops, _swallows_everything])
+def test_time_limit_outside_the_main_thread(answer):
+    """Without signals (another thread, or Windows) the student's code runs in a daemon thread, and a hang
+    is stopped there: no thread is left spinning (one left behind took a core and the GIL from every later
+    test and notebook of a CI run, which then ran past CI's time limit)."""
+    before = set(threading.enumerate())
     box = []
-    worker = threading.Thread(target=lambda: box.append(call_with_time_limit(_loops, ([1],), 0.3)))
+    worker = threading.Thread(target=lambda: box.append(call_with_time_limit(answer, ([1],), 0.3)))
     t0 = time.perf_counter()
     worker.start()
     worker.join(5)
     assert box and box[0].kind == "timeout" and time.perf_counter() - t0 < 3
+    deadline = time.perf_counter() + 5
+    while (left := [t for t in threading.enumerate() if t not in before and t.is_alive()]) and \
+            time.perf_counter() < deadline:
+        time.sleep(0.05)
+    assert not left, f"the timed-out student code is still running in {left}"
     assert call_with_time_limit(_double, ([1],), 1).value == [2]  # and the main thread's alarm is off again
 
 

@@ -99,10 +99,46 @@ def _call_with_alarm(fn: Callable, args: tuple, seconds: float) -> Outcome:
 
 def _call_in_thread(fn: Callable, args: tuple, seconds: float) -> Outcome:
     box: list[Outcome] = []
-    worker = threading.Thread(target=lambda: box.append(_classify(fn, args)), daemon=True)
+
+    def run() -> None:
+        try:
+            box.append(_classify(fn, args))
+        except _TimeLimit:
+            pass  # stopped by _stop_thread once its time was up
+
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(seconds)
-    return box[0] if box else Outcome("timeout")  # a daemon thread left running never blocks the kernel's exit
+    if box:
+        return box[0]
+    _stop_thread(worker)
+    return Outcome("timeout")
+
+
+def _stop_thread(worker: threading.Thread, tries: int = 20, wait_s: float = 0.05) -> bool:
+    """Stop a student's function that ran past its time in ``worker``: True if the thread has ended.
+
+    A thread cannot be killed, but CPython can raise an exception inside it at its next bytecode
+    (``PyThreadState_SetAsyncExc``): ``_TimeLimit``, which ``except Exception`` in the student's code does
+    not catch. Without this, an endless loop would keep running in the background and take a CPU core
+    (and the GIL) from everything after it. Code stuck inside one long C call stops when it returns; on
+    another Python, or for code that catches ``BaseException``, the daemon thread is left behind (it
+    never blocks the kernel's exit).
+    """
+    import ctypes
+
+    set_async_exc = getattr(getattr(ctypes, "pythonapi", None), "PyThreadState_SetAsyncExc", None)
+    if set_async_exc is None or worker.ident is None:
+        return not worker.is_alive()
+    for _ in range(tries):
+        if not worker.is_alive():
+            return True
+        set_async_exc(ctypes.c_ulong(worker.ident), ctypes.py_object(_TimeLimit))
+        worker.join(wait_s)
+    alive = worker.is_alive()
+    if alive:  # give up: clear the pending exception so it cannot fire somewhere unexpected later
+        set_async_exc(ctypes.c_ulong(worker.ident), None)
+    return not alive
 
 
 def is_stub(fn: Any) -> bool:

@@ -41,6 +41,13 @@ _NB_START: dict[str, float] = {}
 _NB_SAMPLERS: dict[str, _ContainerMemory] = {}
 
 
+def _stats_key(path: str) -> str:
+    """The notebook's key in the recorded figures: its name, with the language folder for a translation
+    (``ru/01_introduction_and_tokenization.ipynb``), so the two editions never overwrite each other."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.parent.name in ("ru",) else p.name
+
+
 def _is_cell(item) -> bool:
     return type(item).__name__ == "IPyNbCell"
 
@@ -156,7 +163,7 @@ def pytest_runtest_teardown(item, nextitem):
         # Last cell of this notebook: measure before nbval stops the kernel.
         name = item.parent.name
         pid = _kernel_pid(item)
-        stats = _NB_STATS.setdefault(Path(name).name, {"cells": 0, "failed_cells": 0})
+        stats = _NB_STATS.setdefault(_stats_key(str(item.parent.path)), {"cells": 0, "failed_cells": 0})
         stats["seconds"] = round(time.perf_counter() - _NB_START.get(name, time.perf_counter()), 1)
         mb = _peak_rss_mb(pid) if pid else None
         if mb is not None:
@@ -171,7 +178,7 @@ def pytest_runtest_teardown(item, nextitem):
 
 def pytest_runtest_logreport(report):
     if ".ipynb::" in report.nodeid and report.when == "call":
-        name = Path(report.nodeid.split("::", 1)[0]).name
+        name = _stats_key(report.nodeid.split("::", 1)[0])
         stats = _NB_STATS.setdefault(name, {"cells": 0, "failed_cells": 0})
         stats["cells"] += 1
         stats["failed_cells"] += int(report.failed)
@@ -195,7 +202,7 @@ def pytest_sessionfinish(session, exitstatus):
     complete = {}
     for item in session.items:
         if _is_cell(item):
-            name = Path(item.parent.name).name
+            name = _stats_key(str(item.parent.path))
             complete.setdefault(name, 0)
             complete[name] += 1
     entries = {n: s for n, s in _NB_STATS.items() if "seconds" in s and s["cells"] == complete.get(n)}

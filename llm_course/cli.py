@@ -257,6 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_m.add_argument("chapter", nargs="?", help="chapter number, e.g. 04")
     p_s = sub.add_parser("strip", help="remove outputs from notebooks")
     p_s.add_argument("files", nargs="+", type=Path)
+    p_t = sub.add_parser("translate", help="build the Russian edition from the English notebooks and catalogues")
+    p_t.add_argument("language", choices=["ru"])
+    p_t.add_argument("--status", action="store_true", help="only say how much of each notebook is translated")
     p_z = sub.add_parser("zoo", help="the course's pretrained checkpoints (chapter 04)")
     zsub = p_z.add_subparsers(dest="zoo_cmd", required=True)
     zsub.add_parser("list", help="list the checkpoints and their validation scores")
@@ -290,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("README updated" if update_readme() else "README already up to date")
         elif args.cmd == "modules":
             print(modules_listing(args.chapter))
+        elif args.cmd == "translate":
+            from llm_course.translate import main as translate_main
+            return translate_main([args.language] + (["--status"] if args.status else []))
         elif args.cmd == "zoo":
             _zoo(args)
         elif args.cmd == "strip":

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from llm_course.core.checks import check_bool, check_positive, check_str
+from llm_course.core.i18n import N_, tr
 from llm_course.learn.feedback import FAILED, NOT_ATTEMPTED, PASSED, Feedback, difference, preview
 
 __all__ = ["Case", "Outcome", "call_with_time_limit", "is_stub", "FunctionExercise", "ValueExercise", "agree",
@@ -165,13 +166,14 @@ def _student_line(exc: BaseException) -> str:
     if not frames:
         return ""
     f = frames[-1]
-    return f"\n  at line {f.lineno} of {f.name}: {(f.line or '').strip()}"
+    return tr("\n  at line {lineno} of {function}: {line}", lineno=f.lineno, function=f.name,
+              line=(f.line or "").strip())
 
 
 def _inputs(arg_names: Sequence[str], case: Case) -> str:
     names = list(arg_names) + [f"arg{i}" for i in range(len(arg_names), len(case.args))]
     text = ", ".join(f"{n}={preview(a, 160)}" for n, a in zip(names, case.args))
-    return text + (f"  ({case.note})" if case.note else "")
+    return text + (f"  ({tr(case.note)})" if case.note else "")
 
 
 @dataclass
@@ -205,8 +207,8 @@ class FunctionExercise:
         """Run the student's function on every case; the first failure is the feedback."""
         name = self.name
         if not callable(answer):
-            return Feedback(FAILED, f"✗ {name}: expected your function itself, got {preview(answer, 80)}: pass "
-                                    f"{name}, not {name}(...)")
+            return Feedback(FAILED, tr("✗ {name}: expected your function itself, got {got}: pass {name}, not "
+                                       "{name}(...)", name=name, got=preview(answer, 80)))
         if is_stub(answer):
             return self._not_attempted()
         arg_names = list(inspect.signature(self.reference).parameters)
@@ -215,35 +217,41 @@ class FunctionExercise:
             expected = self.reference(*copy.deepcopy(case.args))
             given = copy.deepcopy(case.args)
             outcome = call_with_time_limit(answer, given, self.time_limit)
-            on = f"\n  on input {_inputs(arg_names, case)}"
+            on = tr("\n  on input {inputs}", inputs=_inputs(arg_names, case))
             if outcome.kind == "stub":
                 return self._not_attempted()
             if outcome.kind == "timeout":
-                return Feedback(FAILED, f"✗ {name} did not finish within {self.time_limit:g} s{on}\n  (an endless "
-                                        "loop? check that every loop moves forward)")
+                return Feedback(FAILED, tr("✗ {name} did not finish within {seconds} s{on}\n  (an endless loop? check "
+                                           "that every loop moves forward)", name=name, seconds=f"{self.time_limit:g}",
+                                           on=on))
             if outcome.kind == "raised":
                 err = outcome.error
-                return Feedback(FAILED, f"✗ {name} raised {type(err).__name__}: {err}{on}{_student_line(err)}")
+                return Feedback(FAILED, tr("✗ {name} raised {error_type}: {error}{on}{line}", name=name,
+                                           error_type=type(err).__name__, error=err, on=on, line=_student_line(err)))
             if outcome.value is None and expected is not None:
-                return Feedback(FAILED, f"✗ {name} returned None{on}\n  (a missing `return`?)")
+                return Feedback(FAILED, tr("✗ {name} returned None{on}\n  (a missing `return`?)", name=name, on=on))
             for i, (before, after) in enumerate(zip(case.args, given)):
                 changed = difference(before, after, rtol=0, atol=0)
                 if changed:
                     arg = arg_names[i] if i < len(arg_names) else f"argument {i + 1}"
-                    return Feedback(FAILED, f"✗ {name} changed its input `{arg}` in place ({changed}){on}\n  "
-                                            "(build a new value instead of modifying the argument)")
+                    return Feedback(FAILED, tr("✗ {name} changed its input `{arg}` in place ({changed}){on}\n  "
+                                               "(build a new value instead of modifying the argument)", name=name,
+                                               arg=arg, changed=changed, on=on))
             wrong = (self.compare(expected, outcome.value, case.args) if self.compare else
                      difference(expected, outcome.value, rtol=self.rtol, atol=self.atol))
             if wrong:
-                return Feedback(FAILED, f"✗ {name} differs from the reference{on}\n  {wrong}\n  expected: "
-                                        f"{preview(expected)}\n  actual:   {preview(outcome.value)}")
+                return Feedback(FAILED, tr("✗ {name} differs from the reference{on}\n  {wrong}\n  expected: "
+                                           "{expected}\n  actual:   {actual}", name=name, on=on, wrong=wrong,
+                                           expected=preview(expected), actual=preview(outcome.value)))
         edge = sum(1 for c in cases if c.note)
-        return Feedback(PASSED, f"✓ {name}: correct on all {len(cases)} inputs ({edge} edge "
-                                f"case{'s' * (edge != 1)}, {len(cases) - edge} random).")
+        message = (N_("✓ {name}: correct on all {total} inputs ({edge} edge case, {random} random).") if edge == 1
+                   else N_("✓ {name}: correct on all {total} inputs ({edge} edge cases, {random} random)."))
+        return Feedback(PASSED, tr(message, name=name, total=len(cases), edge=edge, random=len(cases) - edge))
 
     def _not_attempted(self) -> Feedback:
-        return Feedback(NOT_ATTEMPTED, f"… {self.name}: not attempted yet: replace `raise NotImplementedError()` "
-                                       f"with your code. Stuck? ex.hint({self.name!r})")
+        return Feedback(NOT_ATTEMPTED, tr("… {name}: not attempted yet: replace `raise NotImplementedError()` with "
+                                          "your code. Stuck? ex.hint({quoted})", name=self.name,
+                                          quoted=repr(self.name)))
 
 
 @dataclass
@@ -268,25 +276,29 @@ class ValueExercise:
     def check(self, answer: Any) -> Feedback:
         name = self.name
         if answer is None or answer is Ellipsis:
-            return Feedback(NOT_ATTEMPTED, f"… {name}: not attempted yet: put your number in place of `...`. "
-                                           f"Stuck? ex.hint({name!r})")
+            return Feedback(NOT_ATTEMPTED, tr("… {name}: not attempted yet: put your number in place of `...`. "
+                                              "Stuck? ex.hint({quoted})", name=name, quoted=repr(name)))
         if type(answer).__name__ == "Tensor" and answer.ndim == 0:
             answer = answer.item()
         if isinstance(answer, np.ndarray) and answer.ndim == 0:
             answer = answer.item()
         if isinstance(answer, bool) or not isinstance(answer, numbers.Real):
-            return Feedback(FAILED, f"✗ {name}: expected a number, got {preview(answer, 80)}")
+            return Feedback(FAILED, tr("✗ {name}: expected a number, got {got}", name=name, got=preview(answer, 80)))
         value = float(answer)
         for wrong, meaning in self.mistakes.items():
             if np.isclose(value, wrong, rtol=self.rtol):
-                return Feedback(FAILED, f"✗ {name}: {value:g} is not it: {meaning}")
+                return Feedback(FAILED, tr("✗ {name}: {value} is not it: {meaning}", name=name, value=f"{value:g}",
+                                           meaning=tr(meaning)))
         if self.expected is not None and not np.isclose(value, self.expected, rtol=self.rtol):
-            side = "high" if value > self.expected else "low"
-            return Feedback(FAILED, f"✗ {name}: {value:g} is too {side}. Stuck? ex.hint({name!r})")
+            message = (N_("✗ {name}: {value} is too high. Stuck? ex.hint({quoted})") if value > self.expected else
+                       N_("✗ {name}: {value} is too low. Stuck? ex.hint({quoted})"))
+            return Feedback(FAILED, tr(message, name=name, value=f"{value:g}", quoted=repr(name)))
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
-            return Feedback(FAILED, f"✗ {name}: {value:g} is outside the range this experiment gives, "
-                                    f"[{self.low:g}, {self.high:g}]: check the settings the task asks for")
-        return Feedback(PASSED, f"✓ {name}: {value:g} is right." + (f" {self.why}" if self.why else ""))
+            return Feedback(FAILED, tr("✗ {name}: {value} is outside the range this experiment gives, [{low}, {high}]: "
+                                       "check the settings the task asks for", name=name, value=f"{value:g}",
+                                       low=f"{self.low:g}", high=f"{self.high:g}"))
+        return Feedback(PASSED, tr("✓ {name}: {value} is right.", name=name, value=f"{value:g}")
+                        + (f" {tr(self.why)}" if self.why else ""))
 
 
 class ExerciseSet:
@@ -312,15 +324,16 @@ class ExerciseSet:
         result = exercise.check(answer)
         if result.passed and exercise.kind == "experiment" and (
                 not isinstance(explanation, str) or len(explanation.split()) < 4):
-            result = Feedback(FAILED, f"{result.message}\n✗ {name}: the measurement is right; now explain it in one "
-                                      f"sentence: ex.check({name!r}, value, explanation=\"...\")")
+            more = tr("\n✗ {name}: the measurement is right; now explain it in one sentence: "
+                      "ex.check({quoted}, value, explanation=\"...\")", name=name, quoted=repr(name))
+            result = Feedback(FAILED, result.message + more)
         if hint and not result.passed:
-            return Feedback(result.status, f"{result.message}\n  hint: {exercise.hint}")
+            return Feedback(result.status, result.message + tr("\n  hint: {hint}", hint=tr(exercise.hint)))
         return result
 
     def hint(self, name: str) -> str:
         """The hint for exercise ``name``."""
-        return f"hint for {name}: {self[name].hint}"
+        return tr("hint for {name}: {hint}", name=name, hint=tr(self[name].hint))
 
     def __repr__(self) -> str:
         return "exercises: " + ", ".join(f"{n} ({e.kind})" for n, e in self.exercises.items())
@@ -341,5 +354,5 @@ def agree(ours: Callable, library: Callable, cases: Iterable[Case | tuple], *, r
     result = FunctionExercise(label, library, lambda rng: cases, hint="", rtol=rtol, atol=atol,
                               time_limit=60.0).check(ours)
     if not result.passed:
-        raise AssertionError(result.message.replace("the reference", "the library"))
+        raise AssertionError(result.message.replace(tr("the reference"), tr("the library")))
     return len(cases)

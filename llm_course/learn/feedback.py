@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from llm_course.core.i18n import tr
+
 __all__ = ["Feedback", "PASSED", "FAILED", "NOT_ATTEMPTED", "difference", "preview"]
 
 PASSED, FAILED, NOT_ATTEMPTED = "passed", "failed", "not attempted"
@@ -53,10 +55,11 @@ def preview(value: Any, limit: int = 200) -> str:
         torch = None
     if torch is not None and isinstance(value, torch.Tensor):
         body = np.array2string(value.detach().cpu().numpy(), threshold=12, edgeitems=2, precision=4)
-        text = f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}: {body}"
+        text = tr("tensor of shape {shape}, dtype {dtype}: {body}", shape=tuple(value.shape), dtype=value.dtype,
+                  body=body)
     elif isinstance(value, np.ndarray):
         body = np.array2string(value, threshold=12, edgeitems=2, precision=4)
-        text = f"array of shape {value.shape}, dtype {value.dtype}: {body}"
+        text = tr("array of shape {shape}, dtype {dtype}: {body}", shape=value.shape, dtype=value.dtype, body=body)
     elif isinstance(value, np.generic):  # np.float64(2.5) -> 2.5
         text = repr(value.item())
     else:
@@ -67,20 +70,20 @@ def preview(value: Any, limit: int = 200) -> str:
 
 def _kind(value: Any) -> str:
     if isinstance(value, bool):
-        return "a bool"
+        return tr("a bool")
     if isinstance(value, numbers.Real):
-        return "a number"
+        return tr("a number")
     if isinstance(value, str):
-        return "a str"
+        return tr("a str")
     if isinstance(value, Mapping):
-        return "a dict"
+        return tr("a dict")
     if isinstance(value, np.ndarray):
-        return "a NumPy array"
+        return tr("a NumPy array")
     if type(value).__name__ == "Tensor":
-        return "a torch.Tensor"
+        return tr("a torch.Tensor")
     if isinstance(value, (list, tuple)):
-        return "a list (or tuple)"
-    return f"a {type(value).__name__}"
+        return tr("a list (or tuple)")
+    return tr("a {type}", type=type(value).__name__)
 
 
 def difference(expected: Any, actual: Any, *, rtol: float = 1e-6, atol: float = 1e-9, where: str = "") -> str | None:
@@ -90,12 +93,12 @@ def difference(expected: Any, actual: Any, *, rtol: float = 1e-6, atol: float = 
     values within the tolerance; lists and tuples are interchangeable; dict keys must match exactly.
     ``where`` names the position inside a nested value (``[2][0]``, ``['a']``) in the message.
     """
-    at = f" at {where}" if where else ""
+    at = tr(" at {where}", where=where) if where else ""
     if type(expected).__name__ == "Tensor" or isinstance(expected, np.ndarray):
         return _array_difference(expected, actual, rtol, atol, at)
     if isinstance(expected, bool) or expected is None:
         return None if actual is expected or (isinstance(actual, np.bool_) and bool(actual) is expected) else (
-            f"expected {expected!r}{at}, got {preview(actual)}")
+            tr("expected {expected}{at}, got {actual}", expected=repr(expected), at=at, actual=preview(actual)))
     if isinstance(expected, numbers.Real):
         if not isinstance(actual, numbers.Real) or isinstance(actual, bool):
             if isinstance(actual, np.ndarray) and actual.ndim == 0:
@@ -103,28 +106,33 @@ def difference(expected: Any, actual: Any, *, rtol: float = 1e-6, atol: float = 
             elif type(actual).__name__ == "Tensor" and actual.ndim == 0:
                 actual = actual.item()
             else:
-                return f"expected a number{at}, got {_kind(actual)}: {preview(actual)}"
+                return tr("expected {kind}{at}, got {got}: {actual}", kind=tr("a number"), at=at, got=_kind(actual),
+                          actual=preview(actual))
         if isinstance(expected, numbers.Integral) and isinstance(actual, numbers.Integral):
-            return None if int(expected) == int(actual) else f"expected {int(expected)}{at}, got {int(actual)}"
+            return None if int(expected) == int(actual) else tr("expected {expected}{at}, got {actual}",
+                                                                   expected=int(expected), at=at, actual=int(actual))
         e, a = float(expected), float(actual)
         if math.isnan(e) and math.isnan(a):
             return None
         if math.isclose(e, a, rel_tol=rtol, abs_tol=atol):
             return None
-        return f"expected {e:.6g}{at}, got {a:.6g}"
+        return tr("expected {expected}{at}, got {actual}", expected=f"{e:.6g}", at=at, actual=f"{a:.6g}")
     if isinstance(expected, str):
         if actual == expected:
             return None
-        return f"expected {preview(expected)}{at}, got {preview(actual)}"
+        return tr("expected {expected}{at}, got {actual}", expected=preview(expected), at=at, actual=preview(actual))
     if isinstance(expected, Mapping):
         if not isinstance(actual, Mapping):
-            return f"expected a dict{at}, got {_kind(actual)}: {preview(actual)}"
+            return tr("expected {kind}{at}, got {got}: {actual}", kind=tr("a dict"), at=at, got=_kind(actual),
+                      actual=preview(actual))
         missing = [k for k in expected if k not in actual]
         extra = [k for k in actual if k not in expected]
         if missing:
-            return f"key {missing[0]!r} is missing{at} ({len(missing)} missing keys in all)"
+            return tr("key {key} is missing{at} ({count} missing keys in all)", key=repr(missing[0]), at=at,
+                      count=len(missing))
         if extra:
-            return f"unexpected key {extra[0]!r}{at} ({len(extra)} extra keys in all)"
+            return tr("unexpected key {key}{at} ({count} extra keys in all)", key=repr(extra[0]), at=at,
+                      count=len(extra))
         for key in expected:
             found = difference(expected[key], actual[key], rtol=rtol, atol=atol, where=f"{where}[{key!r}]")
             if found:
@@ -132,28 +140,32 @@ def difference(expected: Any, actual: Any, *, rtol: float = 1e-6, atol: float = 
         return None
     if isinstance(expected, Sequence):
         if not isinstance(actual, (list, tuple)):
-            return f"expected {_kind(expected)}{at}, got {_kind(actual)}: {preview(actual)}"
+            return tr("expected {kind}{at}, got {got}: {actual}", kind=_kind(expected), at=at, got=_kind(actual),
+                      actual=preview(actual))
         if len(actual) != len(expected):
-            return f"expected {len(expected)} items{at}, got {len(actual)}"
+            return tr("expected {expected} items{at}, got {actual}", expected=len(expected), at=at, actual=len(actual))
         for i, (e, a) in enumerate(zip(expected, actual)):
             found = difference(e, a, rtol=rtol, atol=atol, where=f"{where}[{i}]")
             if found:
                 return found
         return None
-    return None if actual == expected else f"expected {preview(expected)}{at}, got {preview(actual)}"
+    return None if actual == expected else tr("expected {expected}{at}, got {actual}", expected=preview(expected),
+                                              at=at, actual=preview(actual))
 
 
 def _array_difference(expected: Any, actual: Any, rtol: float, atol: float, at: str) -> str | None:
     is_tensor = type(expected).__name__ == "Tensor"
-    wanted = "a torch.Tensor" if is_tensor else "a NumPy array"
+    wanted = tr("a torch.Tensor") if is_tensor else tr("a NumPy array")
     if type(actual) is not type(expected):
-        return f"expected {wanted}{at}, got {_kind(actual)}: {preview(actual)}"
+        return tr("expected {kind}{at}, got {got}: {actual}", kind=wanted, at=at, got=_kind(actual),
+                  actual=preview(actual))
     e = expected.detach().cpu().numpy() if is_tensor else expected
     a = actual.detach().cpu().numpy() if is_tensor else actual
     if e.shape != a.shape:
-        return f"expected shape {tuple(e.shape)}{at}, got shape {tuple(a.shape)}"
+        return tr("expected shape {expected}{at}, got shape {actual}", expected=tuple(e.shape), at=at,
+                  actual=tuple(a.shape))
     if e.dtype.kind != a.dtype.kind and not {e.dtype.kind, a.dtype.kind} <= {"f", "i", "u"}:
-        return f"expected dtype {e.dtype}{at}, got {a.dtype}"
+        return tr("expected dtype {expected}{at}, got {actual}", expected=e.dtype, at=at, actual=a.dtype)
     if e.size == 0:
         return None
     if e.dtype.kind in "fc" or a.dtype.kind in "fc":
@@ -163,5 +175,6 @@ def _array_difference(expected: Any, actual: Any, rtol: float, atol: float, at: 
     if ok.all():
         return None
     index = tuple(int(i) for i in np.argwhere(~ok)[0])
-    return (f"{int((~ok).sum())} of {e.size} values differ{at}; the first at index {index}: "
-            f"expected {e[index].item()!r}, got {a[index].item()!r}")
+    return tr("{count} of {size} values differ{at}; the first at index {index}: expected {expected}, got {actual}",
+              count=int((~ok).sum()), size=e.size, at=at, index=index, expected=repr(e[index].item()),
+              actual=repr(a[index].item()))

@@ -19,6 +19,7 @@ from html import escape
 from typing import Any
 
 from llm_course.core.checks import check_float, check_int, check_str
+from llm_course.core.i18n import N_, tr
 from llm_course.learn.feedback import FAILED, PASSED, Feedback
 
 __all__ = ["Choice", "MultipleChoice", "Numeric", "Quiz"]
@@ -57,18 +58,19 @@ class MultipleChoice:
     def grade(self, response: Any) -> Feedback:
         """Feedback for the option ``response`` ("a", "b", ...; case and spaces ignored)."""
         if not isinstance(response, str):
-            raise TypeError(f"answer with the letter of an option as a string ({', '.join(map(repr, self.letters))}), "
-                            f"got {type(response).__name__} {response!r}")
+            raise TypeError(tr("answer with the letter of an option as a string ({letters}), got {kind} {response}",
+                               letters=", ".join(map(repr, self.letters)), kind=type(response).__name__,
+                               response=repr(response)))
         key = response.strip().lower().rstrip(")")
         if len(key) != 1 or key not in self.letters:
-            raise ValueError(f"{response!r} is not one of the options: answer with one of "
-                             f"{', '.join(map(repr, self.letters))}")
+            raise ValueError(tr("{response} is not one of the options: answer with one of {letters}",
+                                response=repr(response), letters=", ".join(map(repr, self.letters))))
         choice = self.choices[self.letters.index(key)]
-        verdict = "✓ Right" if choice.correct else "✗ Not quite"
-        return Feedback(PASSED if choice.correct else FAILED, f"{verdict}: {choice.why}")
+        verdict = N_("✓ Right: {why}") if choice.correct else N_("✗ Not quite: {why}")
+        return Feedback(PASSED if choice.correct else FAILED, tr(verdict, why=tr(choice.why)))
 
     def text(self) -> str:
-        return self.prompt + "\n" + "\n".join(f"  {k}) {c.text}" for k, c in zip(self.letters, self.choices))
+        return tr(self.prompt) + "\n" + "\n".join(f"  {k}) {tr(c.text)}" for k, c in zip(self.letters, self.choices))
 
 
 @dataclass(frozen=True)
@@ -95,19 +97,22 @@ class Numeric:
             try:
                 response = float(response.replace(",", "").replace("_", "").replace(" ", ""))
             except ValueError:
-                raise ValueError(f"{response!r} is not a number: write digits only, e.g. 4096 or 0.25") from None
-        value = check_float("answer", response, hint="answer with a number, e.g. quiz.answer(1, 4096)")
+                raise ValueError(tr("{response} is not a number: write digits only, e.g. 4096 or 0.25",
+                                    response=repr(response))) from None
+        value = check_float("answer", response, hint=tr("answer with a number, e.g. quiz.answer(1, 4096)"))
         if math.isclose(value, self.answer, rel_tol=self.rtol, abs_tol=1e-12):
-            return Feedback(PASSED, f"✓ Right: {self.why}")
+            return Feedback(PASSED, tr("✓ Right: {why}", why=tr(self.why)))
         for wrong, meaning in self.mistakes.items():
             if math.isclose(value, wrong, rel_tol=self.rtol, abs_tol=1e-12):
-                return Feedback(FAILED, f"✗ Not quite: {meaning}")
-        side = "high" if value > self.answer else "low"
-        return Feedback(FAILED, f"✗ Not quite: {value:g} is too {side}. Try again (the answer is within "
-                                f"{self.rtol * 100:g}% of the exact value).")
+                return Feedback(FAILED, tr("✗ Not quite: {why}", why=tr(meaning)))
+        message = (N_("✗ Not quite: {value} is too high. Try again (the answer is within {percent}% of the exact "
+                      "value).") if value > self.answer else
+                   N_("✗ Not quite: {value} is too low. Try again (the answer is within {percent}% of the exact "
+                      "value)."))
+        return Feedback(FAILED, tr(message, value=f"{value:g}", percent=f"{self.rtol * 100:g}"))
 
     def text(self) -> str:
-        return self.prompt + "\n  (a number)"
+        return tr(self.prompt) + "\n  " + tr("(a number)")
 
 
 Question = MultipleChoice | Numeric
@@ -136,7 +141,8 @@ class Quiz:
 
     def __str__(self) -> str:
         body = "\n\n".join(f"{i}. {q.text()}" for i, q in enumerate(self.questions, 1))
-        return f"{self.title}\n\n{body}\n\nAnswer with quiz.answer(number, response), e.g. quiz.answer(1, 'a')."
+        return (f"{tr(self.title)}\n\n{body}\n\n"
+                + tr("Answer with quiz.answer(number, response), e.g. quiz.answer(1, 'a')."))
 
     __repr__ = __str__
 
@@ -144,16 +150,16 @@ class Quiz:
         """The quiz as ipywidgets (8.x and Colab's 7.7): per question, its controls, *Check* and feedback."""
         import ipywidgets as w
 
-        boxes = [w.HTML(f"<h3>{escape(self.title)}</h3>")]
+        boxes = [w.HTML(f"<h3>{escape(tr(self.title))}</h3>")]
         self.controls = []
         for i, q in enumerate(self.questions, 1):
-            prompt = w.HTML(f"<b>{i}.</b> {escape(q.prompt)}")
+            prompt = w.HTML(f"<b>{i}.</b> {escape(tr(q.prompt))}")
             if isinstance(q, MultipleChoice):
-                entry = w.RadioButtons(options=[(f"{k}) {c.text}", k) for k, c in zip(q.letters, q.choices)],
+                entry = w.RadioButtons(options=[(f"{k}) {tr(c.text)}", k) for k, c in zip(q.letters, q.choices)],
                                        layout=w.Layout(width="auto"))
             else:
-                entry = w.Text(placeholder="a number", layout=w.Layout(width="16em"))
-            button = w.Button(description="Check")
+                entry = w.Text(placeholder=tr("a number"), layout=w.Layout(width="16em"))
+            button = w.Button(description=tr("Check"))
             out = w.HTML("")
             button.on_click(lambda _b, n=i, e=entry, o=out: self._on_check(n, e, o))
             self.controls.append((entry, button, out))

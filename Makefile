@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Jupyter refuses to run as root (as in many containers) unless told to.
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 
-.PHONY: help venv install lab test test-fast test-floor lint bench readme strip clean
+.PHONY: help venv install lab test test-fast test-floor lint bench readme translate strip clean
 
 help:
 	@echo "make lab    install everything into $(VENV) and open the course in JupyterLab"
@@ -23,6 +23,7 @@ help:
 	@echo "make test-floor  the same code on the oldest allowed versions (requirements-floor.txt) in $(FLOOR_VENV)"
 	@echo "make bench  run the benchmarks (ratios measured side by side)"
 	@echo "make readme regenerate the README's measured tables from benchmarks/results/"
+	@echo "make translate  rebuild the Russian edition (notebooks/ru, exercises/ru, README.ru.md) from the catalogues"
 	@echo "make strip  remove outputs from every notebook (they are committed without outputs)"
 
 $(PY):
@@ -57,6 +58,9 @@ bench: $(VENV)/.installed
 
 readme: $(VENV)/.installed
 	$(PY) -m llm_course.cli readme
+
+translate: $(VENV)/.installed
+	$(PY) -m llm_course.cli translate ru
 
 strip: $(VENV)/.installed
 	$(PY) -m llm_course.cli strip notebooks/*.ipynb

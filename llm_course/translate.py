@@ -41,7 +41,7 @@ from llm_course.report import BINDER_URL, COLAB_URL, EXERCISE_BINDER_URL, EXERCI
 
 __all__ = ["LANGUAGE_CELL", "FOLDERS", "repo_root", "english_notebooks", "catalogue_for", "update_catalogue",
            "cell_translations", "untranslated", "translated_path", "build_notebook", "build", "status",
-           "glossary", "glossary_page", "readme", "Missing", "translated_chapters"]
+           "glossary", "glossary_page", "readme", "Missing", "translated_chapters", "anchor_map"]
 
 FOLDERS = ("notebooks", "exercises")
 LANGUAGE_CELL = 'from llm_course.core.i18n import set_language\nset_language("{language}")   # {comment}'
@@ -192,11 +192,31 @@ def _rewrite_links(text: str, notebook: Path, out: Path, language: str, root: Pa
         if re.match(r"^[a-z][a-z0-9+.-]*:", url) or url.startswith("#"):
             return m.group(0)  # another site, or an anchor in this page
         path, _, anchor = url.partition("#")
-        target = _counterpart((notebook.parent / path), language, root, built)
+        source = (notebook.parent / path).resolve()
+        target = _counterpart(source, language, root, built)
+        if anchor and target != source and source.suffix == ".ipynb":  # a heading of a translated notebook
+            anchor = anchor_map(source, language, root).get(anchor, anchor)
         rel = Path(_relpath(target, out.parent))
         return f"{m.group(1)}{rel.as_posix()}{'#' + anchor if anchor else ''}{m.group(3)}"
 
     return _LINK.sub(one, text)
+
+
+def _headings(text: str) -> list[str]:
+    """The anchors JupyterLab makes for a Markdown cell's headings: the heading text, spaces as hyphens."""
+    return [line.lstrip("#").strip().replace(" ", "-") for line in text.splitlines() if line.startswith("#")]
+
+
+def anchor_map(notebook: Path, language: str, root: Path | None = None) -> dict[str, str]:
+    """``{English heading anchor: translated heading anchor}`` for ``notebook``, heading by heading, so that a
+    link into a translated notebook lands on the same section."""
+    done = cell_translations(notebook, language, root)
+    found: dict[str, str] = {}
+    for _, text in _markdown_cells(_read(notebook)):
+        english, translated = _headings(text), _headings(done.get(text, ""))
+        if len(english) == len(translated):
+            found.update(zip(english, translated))
+    return found
 
 
 def _relpath(target: Path, start: Path) -> str:

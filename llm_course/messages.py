@@ -15,8 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from llm_course.core.deps import require
+from llm_course.learn import (
+    chapter01,
+    chapter02,
+    chapter03,
+    chapter04,
+    chapter05,
+    chapter06,
+    chapter07,
+    chapter08,
+    chapter09,
+)
 
-__all__ = ["package_messages", "chapter_messages", "update_messages"]
+__all__ = ["CHAPTER_MODULES", "package_messages", "chapter_messages", "update_messages"]
+
+# Each chapter's questions and exercises (llm_course/learn/chapterNN.py), imported by name, not computed.
+CHAPTER_MODULES = {m.__name__[-2:]: m for m in (chapter01, chapter02, chapter03, chapter04, chapter05, chapter06,
+                                                chapter07, chapter08, chapter09)}
 
 
 def _literal(node: Any) -> str | None:
@@ -48,12 +63,12 @@ def chapter_messages(number: str) -> dict[str, str]:
     Questions, options and their explanations; each exercise's task, hint, explanation, the meanings of
     typical mistakes and the notes of its edge cases (shown with the input a function failed on).
     """
-    import importlib
-
     from llm_course.learn.checker import FunctionExercise
     from llm_course.learn.quiz import MultipleChoice
 
-    module = importlib.import_module(f"llm_course.learn.chapter{number}")
+    if number not in CHAPTER_MODULES:
+        raise ValueError(f"no chapter {number!r} with exercises: the chapters are {', '.join(CHAPTER_MODULES)}")
+    module = CHAPTER_MODULES[number]
     where = f"llm_course/learn/chapter{number}.py"
     found: dict[str, str] = {}
 
@@ -95,9 +110,7 @@ def update_messages(language: str, chapters: list[str] | None = None) -> Path:
     path = catalogue_path(language)
     old = {e.msgid: e for e in polib.pofile(str(path), wrapwidth=0)} if path.exists() else {}
     messages = dict(package_messages())
-    learn = Path(__file__).resolve().parent / "learn"
-    numbers = chapters if chapters is not None else sorted(
-        p.stem.removeprefix("chapter") for p in learn.glob("chapter[0-9][0-9].py"))
+    numbers = chapters if chapters is not None else sorted(CHAPTER_MODULES)
     for number in numbers:
         for text, where in chapter_messages(number).items():
             messages.setdefault(text, where)

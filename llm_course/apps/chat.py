@@ -55,6 +55,7 @@ import torch
 import torch.nn as nn
 
 from llm_course.core.checks import check_positive_int
+from llm_course.core.i18n import N_, tr
 from llm_course.infer.generation import generate
 from llm_course.infer.logits_processors import GenerationConfig
 from llm_course.models.modeling import context_length
@@ -276,7 +277,8 @@ class ChatBot:
         if not isinstance(message, str):
             raise TypeError(f"the message must be a string, got {type(message).__name__}")
         if not message.strip():
-            raise ValueError("the message is empty: type something to say")
+            # marked (N_) so that the chat box can show it in the notebook's language; raised in English
+            raise ValueError(N_("the message is empty: type something to say"))
         return message
 
     def _reply_text(self, new_ids: list[int]) -> str:
@@ -323,7 +325,7 @@ class ChatBot:
 # 4. A chat box for notebooks
 # ----------------------------------------------------------------------------------------
 
-_ROLE_LABELS = {"user": "You", "assistant": "Bot"}
+_ROLE_LABELS = {"user": N_("You"), "assistant": N_("Bot")}  # shown through tr when the box is drawn
 
 
 class ChatWidget(widgets.VBox):
@@ -340,9 +342,9 @@ class ChatWidget(widgets.VBox):
             raise TypeError(f"chat_widget needs a llm_course.apps.chat.ChatBot, got {type(bot).__name__}")
         self.bot = bot
         self.conversation = widgets.HTML(value="")
-        self.text = widgets.Text(value="", placeholder="Сообщение…")
-        self.send_button = widgets.Button(description="Send")
-        self.reset_button = widgets.Button(description="Reset")
+        self.text = widgets.Text(value="", placeholder=tr("Message…"))
+        self.send_button = widgets.Button(description=tr("Send"))
+        self.reset_button = widgets.Button(description=tr("Reset"))
         self.status = widgets.HTML(value="")
         self.send_button.on_click(lambda _: self._send())
         self.reset_button.on_click(lambda _: self._reset())
@@ -355,20 +357,21 @@ class ChatWidget(widgets.VBox):
         if self.bot.system_prompt:
             rows.append(f"<i>{html.escape(self.bot.system_prompt)}</i>")
         for m in self.bot.history:
-            label = _ROLE_LABELS.get(m["role"], m["role"])
-            rows.append(f"<b>{label}:</b> {html.escape(m['content'])}")
+            label = tr(_ROLE_LABELS[m["role"]]) if m["role"] in _ROLE_LABELS else m["role"]
+            rows.append(f"<b>{html.escape(label)}:</b> {html.escape(m['content'])}")
         self.conversation.value = "<div style='white-space: pre-wrap'>" + "<br>".join(rows) + "</div>"
 
     def _send(self, text: str | None = None) -> str | None:
         """Send ``text`` (default: what is typed in the field); returns the reply, or None on an error.
 
-        An empty message or one that is too long is not an exception: its error shows under the box.
+        An empty message or one that is too long is not an exception: its error shows under the box
+        (in the notebook's language where the message has a translation).
         """
         text = self.text.value if text is None else text
         try:
             answer = self.bot.reply(text)
         except (TypeError, ValueError) as error:
-            self.status.value = f"<span style='color: #b00'>{html.escape(str(error))}</span>"
+            self.status.value = f"<span style='color: #b00'>{html.escape(tr(str(error)))}</span>"
             return None
         self.status.value = ""
         self.text.value = ""

@@ -21,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from llm_course.core.checks import check_index
+from llm_course.core.i18n import N_, tr
 from llm_course.viz.attention_data import KINDS, AttentionData, collect_attentions
 from llm_course.viz.figures import (
     figure_to_png,
@@ -44,7 +45,15 @@ EXAMPLE_TEXTS: tuple[str, ...] = (
 # The widget
 # --------------------------------------------------------------------------------------
 
-_VIEWS = {"head": "one head", "grid": "all heads", "token": "one token"}
+# view -> its button label (English; shown through tr when the widget is built)
+_VIEWS = {"head": N_("one head"), "grid": N_("all heads"), "token": N_("one token")}
+# the kind buttons' labels: the people's labels of viz.attention_data.KINDS, marked for translation
+_KIND_LABELS = {
+    "self": N_("self-attention"),
+    "encoder": N_("encoder self-attention"),
+    "decoder": N_("decoder self-attention"),
+    "cross": N_("cross-attention (decoder → encoder)"),
+}
 _CACHE_BYTES = 256 * 2**20  # attention weights the explorer keeps for texts seen recently
 
 
@@ -108,21 +117,21 @@ class AttentionExplorer(Holdable, widgets.VBox):
         self._query_labels: list[str] = []
 
         wide = {"description_width": "initial"}
-        self.model_choice = widgets.Dropdown(options=list(self.models), description="model", style=wide)
-        self.text_choice = widgets.Dropdown(options=texts, value=texts[0], description="example",
+        self.model_choice = widgets.Dropdown(options=list(self.models), description=tr("model"), style=wide)
+        self.text_choice = widgets.Dropdown(options=texts, value=texts[0], description=tr("example"),
                                             style=wide, layout=widgets.Layout(width="60%"))
-        self.text = widgets.Textarea(value=texts[0], description="text", continuous_update=False,
+        self.text = widgets.Textarea(value=texts[0], description=tr("text"), continuous_update=False,
                                      style=wide, layout=widgets.Layout(width="95%"))
-        self.decoder_text = widgets.Textarea(value=decoder_text or "", description="decoder text",
-                                             placeholder="(empty: the text itself)", continuous_update=False,
+        self.decoder_text = widgets.Textarea(value=decoder_text or "", description=tr("decoder text"),
+                                             placeholder=tr("(empty: the text itself)"), continuous_update=False,
                                              style=wide, layout=widgets.Layout(width="95%"))
-        self.kind = widgets.ToggleButtons(options=[("self-attention", "self")], description="attention",
-                                          style=wide)
-        self.view = widgets.ToggleButtons(options=[(label, key) for key, label in _VIEWS.items()],
-                                          value="head", description="view", style=wide)
-        self.layer = widgets.IntSlider(value=0, min=0, max=0, description="layer", continuous_update=False)
-        self.head = widgets.IntSlider(value=0, min=0, max=0, description="head", continuous_update=False)
-        self.query = widgets.Dropdown(options=[("0", 0)], value=0, description="query token", style=wide)
+        self.kind = widgets.ToggleButtons(options=[(self._kind_label("self"), "self")],
+                                          description=tr("attention"), style=wide)
+        self.view = widgets.ToggleButtons(options=[(tr(label), key) for key, label in _VIEWS.items()],
+                                          value="head", description=tr("view"), style=wide)
+        self.layer = widgets.IntSlider(value=0, min=0, max=0, description=tr("layer"), continuous_update=False)
+        self.head = widgets.IntSlider(value=0, min=0, max=0, description=tr("head"), continuous_update=False)
+        self.query = widgets.Dropdown(options=[("0", 0)], value=0, description=tr("query token"), style=wide)
         self.message = widgets.HTML(value="")
         self.image = widgets.Image(value=b"", format="png")
         self.token_html = widgets.HTML(value="")
@@ -284,7 +293,12 @@ class AttentionExplorer(Holdable, widgets.VBox):
             self.error = None
         except ValueError as exc:
             self.data = None
-            self.error = str(exc)
+            self.error = tr(str(exc))  # in the notebook's language where the message has a translation
+
+    @staticmethod
+    def _kind_label(kind: str) -> str:
+        """The label of an attention kind, in the current language."""
+        return tr(_KIND_LABELS[kind]) if kind in _KIND_LABELS else KINDS[kind][1]
 
     @staticmethod
     def _default_kind(data: AttentionData, current: str) -> str:
@@ -303,7 +317,7 @@ class AttentionExplorer(Holdable, widgets.VBox):
             self.decoder_text.layout.display = "" if data.decoder_tokens is not None else "none"
             self.model_choice.layout.display = "" if len(self.models) > 1 else "none"
             if data.kinds != self._kind_keys:
-                self.kind.options = [(KINDS[k][1], k) for k in data.kinds]
+                self.kind.options = [(self._kind_label(k), k) for k in data.kinds]
                 self._kind_keys = data.kinds
             self.kind.value = kind if kind is not None else self._default_kind(data, self.kind.value)
             k = self.kind.value
@@ -324,14 +338,15 @@ class AttentionExplorer(Holdable, widgets.VBox):
         q_len, k_len = weights.shape
         parts = [
             f"<b>{html.escape(data.model_name)}</b>",
-            KINDS[k][1],
-            f"layer {self.layer.value} (0..{data.num_layers(k) - 1})",
-            f"head {self.head.value} (0..{data.num_heads(k) - 1})",
-            f"{q_len} query × {k_len} key tokens",
+            self._kind_label(k),
+            tr("layer {layer} (0..{last})", layer=self.layer.value, last=data.num_layers(k) - 1),
+            tr("head {head} (0..{last})", head=self.head.value, last=data.num_heads(k) - 1),
+            tr("{queries} query × {keys} key tokens", queries=q_len, keys=k_len),
         ]
-        note = "Rows are queries (the token that looks), columns are keys (the tokens looked at); each row sums to 1."
+        note = tr("Rows are queries (the token that looks), columns are keys (the tokens looked at); "
+                  "each row sums to 1.")
         if q_len == k_len and q_len > 1 and not np.triu(weights, 1).any():
-            note += " Causal: every weight above the diagonal is 0, so no token sees the future."
+            note += " " + tr("Causal: every weight above the diagonal is 0, so no token sees the future.")
         return f"<div>{' · '.join(parts)}</div><div style='color: #555;'>{note}</div>"
 
     def _render(self) -> None:
@@ -344,7 +359,7 @@ class AttentionExplorer(Holdable, widgets.VBox):
         fig = self.figure()
         if fig is None:
             self.message.value = (
-                "<div style='color: #b00020;'><b>Cannot show attention:</b> "
+                f"<div style='color: #b00020;'><b>{html.escape(tr('Cannot show attention:'))}</b> "
                 f"{html.escape(self.error or '')}</div>"
             )
             self.image.value = b""

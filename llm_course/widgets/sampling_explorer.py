@@ -29,6 +29,7 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from llm_course.core.checks import check_float, check_int, check_positive_int
+from llm_course.core.i18n import N_, tr
 from llm_course.core.runtime import eval_mode
 from llm_course.infer.decode_step import DecodeState, next_token_logits
 from llm_course.infer.generation import generate
@@ -65,6 +66,14 @@ _HINTS = {
     "top_k": "0 turns top-k off",
     "top_p": "1 turns top-p off",
     "repetition_penalty": "1 = no penalty",
+}
+# the controls' labels (English; shown through tr when the widget is built)
+_LABELS = {
+    "temperature": N_("temperature"),
+    "top_k": N_("top k"),
+    "top_p": N_("top p"),
+    "repetition_penalty": N_("repetition penalty"),
+    "max_new_tokens": N_("max new tokens"),
 }
 _LOGITS_CACHE = 32  # texts whose next-token logits are kept (one float per vocabulary token each)
 
@@ -168,24 +177,24 @@ class SamplingExplorer(Holdable, widgets.VBox):
 
         def slider(cls: type, name: str, step: float, **kwargs: Any) -> Any:
             low, high, _ = _RANGES[name]
-            return cls(value=settings[name], min=low, max=high, step=step, description=name.replace("_", " "),
+            return cls(value=settings[name], min=low, max=high, step=step, description=tr(_LABELS[name]),
                        continuous_update=False, style=wide, **kwargs)
 
-        self.prompt = widgets.Textarea(value=prompt, description="prompt", continuous_update=False, style=wide,
+        self.prompt = widgets.Textarea(value=prompt, description=tr("prompt"), continuous_update=False, style=wide,
                                        layout=widgets.Layout(width="95%"))
         self.temperature = slider(widgets.FloatSlider, "temperature", 0.05, readout_format=".2f")
         self.top_k = slider(widgets.IntSlider, "top_k", 1)
         self.top_p = slider(widgets.FloatSlider, "top_p", 0.01, readout_format=".2f")
         self.repetition_penalty = slider(widgets.FloatSlider, "repetition_penalty", 0.05, readout_format=".2f")
         self.seed = widgets.BoundedIntText(value=settings["seed"], min=0, max=_RANGES["seed"][1],
-                                           description="seed", style=wide, layout=widgets.Layout(width="160px"))
+                                           description=tr("seed"), style=wide, layout=widgets.Layout(width="160px"))
         self.max_new_tokens = slider(widgets.IntSlider, "max_new_tokens", 1)
-        self.step_button = widgets.Button(description="step one token", icon="step-forward",
-                                          tooltip="sample one token from the distribution shown and append it")
-        self.generate_button = widgets.Button(description="generate", icon="play", button_style="primary",
-                                              tooltip="sample max_new_tokens tokens with these settings")
-        self.reset_button = widgets.Button(description="reset", icon="undo",
-                                           tooltip="back to the prompt before the steps")
+        self.step_button = widgets.Button(description=tr("step one token"), icon="step-forward",
+                                          tooltip=tr("sample one token from the distribution shown and append it"))
+        self.generate_button = widgets.Button(description=tr("generate"), icon="play", button_style="primary",
+                                              tooltip=tr("sample max_new_tokens tokens with these settings"))
+        self.reset_button = widgets.Button(description=tr("reset"), icon="undo",
+                                           tooltip=tr("back to the prompt before the steps"))
         self.text_html = widgets.HTML(value="")
         self.message = widgets.HTML(value="")
         self.image = widgets.Image(value=b"", format="png")
@@ -303,8 +312,8 @@ class SamplingExplorer(Holdable, widgets.VBox):
         if self._distributions is None:
             return None
         if self.context_length is not None and len(self._ids) >= self.context_length:
-            self.notice = (f"The context window is full ({self.context_length} tokens): the model cannot read "
-                           "a longer text. Press reset or shorten the prompt.")
+            self.notice = tr("The context window is full ({context} tokens): the model cannot read a longer text. "
+                             "Press reset or shorten the prompt.", context=self.context_length)
             self._render()
             return None
         probs = self._distributions["top-p"][None]  # (1, V), the same call generate() makes
@@ -329,7 +338,8 @@ class SamplingExplorer(Holdable, widgets.VBox):
             room = min(max_new, self.context_length - len(self._ids))
         if room <= 0:
             self.continuation = ""
-            self.notice = f"The context window ({self.context_length} tokens) is full: nothing can be generated."
+            self.notice = tr("The context window ({context} tokens) is full: nothing can be generated.",
+                             context=self.context_length)
             self._render()
             return ""
         config = self.generation_config(max_new_tokens=room)
@@ -339,10 +349,10 @@ class SamplingExplorer(Holdable, widgets.VBox):
         self._continuation_settings = self._settings_text()
         self.notice = ""
         if room < max_new:
-            self.notice = (f"Only {room} new tokens fit the context window of {self.context_length} tokens "
-                           f"(asked for {max_new}).")
+            self.notice = tr("Only {room} new tokens fit the context window of {context} tokens (asked for {asked}).",
+                             room=room, context=self.context_length, asked=max_new)
         elif len(new) < max_new:
-            self.notice = f"Stopped after {len(new)} tokens: the model wrote the end-of-text token."
+            self.notice = tr("Stopped after {count} tokens: the model wrote the end-of-text token.", count=len(new))
         self._render()
         return self.continuation
 
@@ -393,8 +403,9 @@ class SamplingExplorer(Holdable, widgets.VBox):
 
     def _settings_text(self) -> str:
         c = self.generation_config()
-        return (f"temperature {c.temperature:g}, top-k {c.top_k or 'off'}, top-p {c.top_p:g}, "
-                f"repetition penalty {c.repetition_penalty:g}, seed {c.seed}")
+        return tr("temperature {temperature}, top-k {top_k}, top-p {top_p}, repetition penalty {penalty}, seed {seed}",
+                  temperature=f"{c.temperature:g}", top_k=c.top_k or tr("off"), top_p=f"{c.top_p:g}",
+                  penalty=f"{c.repetition_penalty:g}", seed=c.seed)
 
     def _restart_sampler(self) -> None:
         self._generator.manual_seed(int(self.seed.value))
@@ -412,10 +423,11 @@ class SamplingExplorer(Holdable, widgets.VBox):
         """The model's logits for the current text (cached), or the reason there are none."""
         self.error = None
         if not self._ids:
-            self.error = "the prompt is empty: type some text for the model to continue"
+            self.error = tr("the prompt is empty: type some text for the model to continue")
         elif self.context_length is not None and len(self._ids) > self.context_length:
-            self.error = (f"the text is {len(self._ids)} tokens long, longer than the model's context window of "
-                          f"{self.context_length} tokens: shorten the prompt (or press reset)")
+            self.error = tr("the text is {length} tokens long, longer than the model's context window of {context} "
+                            "tokens: shorten the prompt (or press reset)", length=len(self._ids),
+                            context=self.context_length)
         if self.error is None:
             self._update()
         else:
@@ -473,14 +485,20 @@ class SamplingExplorer(Holdable, widgets.VBox):
         kept = self.kept_tokens or []
         top = kept[0]
         p_top = float(self._distributions["top-p"][top])
+        left = (N_("<b>after</b> the filters: H = {after} bits, <b>{count}</b> candidate left") if len(kept) == 1
+                else N_("<b>after</b> the filters: H = {after} bits, <b>{count}</b> candidates left"))
         return (
-            f"<div><b>before</b> (the model): H = {before:.2f} bits over {vocab} tokens · "
-            f"<b>after</b> the filters: H = {after:.2f} bits, <b>{len(kept)}</b> candidate"
-            f"{'s' if len(kept) != 1 else ''} left · most likely: “{html.escape(self._token_labels([top])[0])}” "
-            f"{100 * p_top:.1f}%</div>"
-            f"<div style='color: #555;'>Rows: the distribution after each stage, applied top to bottom, over the "
-            f"{min(self.top_n, vocab)} most likely tokens. Blue: can still be sampled; grey: removed by a "
-            f"filter. Red line: running total that top-p cuts at p.</div>"
+            "<div>"
+            + tr("<b>before</b> (the model): H = {before} bits over {vocab} tokens", before=f"{before:.2f}",
+                 vocab=vocab)
+            + " · " + tr(left, after=f"{after:.2f}", count=len(kept)) + " · "
+            + tr("most likely: “{token}” {percent}%", token=html.escape(self._token_labels([top])[0]),
+                 percent=f"{100 * p_top:.1f}")
+            + "</div><div style='color: #555;'>"
+            + tr("Rows: the distribution after each stage, applied top to bottom, over the {shown} most likely "
+                 "tokens. Blue: can still be sampled; grey: removed by a filter. Red line: running total that "
+                 "top-p cuts at p.", shown=min(self.top_n, vocab))
+            + "</div>"
         )
 
     def _text_view(self) -> str:
@@ -491,18 +509,21 @@ class SamplingExplorer(Holdable, widgets.VBox):
         stepped = self.tokenizer.decode(self._ids[self._n_prompt:]) if len(self._ids) > self._n_prompt else ""
         parts = [html.escape(prompt)]
         if stepped:
-            parts.append(f"<span style='background: #c8e6c9;' title='stepped tokens'>{html.escape(stepped)}</span>")
+            title = html.escape(tr("stepped tokens"), quote=True)
+            parts.append(f"<span style='background: #c8e6c9;' title='{title}'>{html.escape(stepped)}</span>")
         if self.continuation:
-            how = html.escape(self._continuation_settings)
-            parts.append(f"<span style='background: #ffe08a;' title='generated: {how}'>"
+            title = html.escape(tr("generated: {settings}", settings=self._continuation_settings), quote=True)
+            parts.append(f"<span style='background: #ffe08a;' title='{title}'>"
                          f"{html.escape(self.continuation)}</span>")
         legend = []
         if stepped:
-            legend.append(f"<span style='background: #c8e6c9;'>green</span>: {len(self._ids) - self._n_prompt} "
-                          "stepped token(s)")
+            legend.append(tr("{green}: {count} stepped token(s)",
+                             green=f"<span style='background: #c8e6c9;'>{html.escape(tr('green'))}</span>",
+                             count=len(self._ids) - self._n_prompt))
         if self.continuation:
-            legend.append(f"<span style='background: #ffe08a;'>yellow</span>: generated with "
-                          f"{html.escape(self._continuation_settings)}")
+            legend.append(tr("{yellow}: generated with {settings}",
+                             yellow=f"<span style='background: #ffe08a;'>{html.escape(tr('yellow'))}</span>",
+                             settings=html.escape(self._continuation_settings)))
         if self.notice:
             legend.append(f"<span style='color: #b00020;'>{html.escape(self.notice)}</span>")
         return (
@@ -519,8 +540,8 @@ class SamplingExplorer(Holdable, widgets.VBox):
         fig = self.figure()
         if fig is None:
             self.message.value = (
-                "<div style='color: #b00020;'><b>Cannot show the next-token distribution:</b> "
-                f"{html.escape(self.error or '')}</div>"
+                f"<div style='color: #b00020;'><b>{html.escape(tr('Cannot show the next-token distribution:'))}"
+                f"</b> {html.escape(self.error or '')}</div>"
             )
             self.image.value = b""
             return

@@ -62,6 +62,8 @@ def preview(value: Any, limit: int = 200) -> str:
         text = tr("array of shape {shape}, dtype {dtype}: {body}", shape=value.shape, dtype=value.dtype, body=body)
     elif isinstance(value, np.generic):  # np.float64(2.5) -> 2.5
         text = repr(value.item())
+    elif callable(value) and not isinstance(value, type) and hasattr(value, "__qualname__"):
+        text = value.__qualname__  # a function argument: its name, not "<function f at 0x7f...>"
     else:
         text = repr(value)
     text = " ".join(text.split())

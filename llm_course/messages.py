@@ -43,7 +43,7 @@ def _literal(node: Any) -> str | None:
 
 
 def package_messages(package: Path | None = None) -> dict[str, str]:
-    """Every literal message of the package passed to ``tr(...)`` or ``N_(...)``: ``{message: where}``."""
+    """Every literal message given to ``tr(...)``, ``N_(...)`` or ``Message(...)``: ``{text: where}``."""
     import ast
 
     package = package or Path(__file__).resolve().parent
@@ -51,8 +51,9 @@ def package_messages(package: Path | None = None) -> dict[str, str]:
     for path in sorted(package.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("tr", "N_")
-                    and node.args and (text := _literal(node.args[0])) is not None):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("tr", "N_", "Message") and node.args
+                    and (text := _literal(node.args[0])) is not None):
                 found.setdefault(text, f"{path.relative_to(package.parent).as_posix()}:{node.lineno}")
     return found
 

@@ -278,3 +278,16 @@ def test_readme_ru_is_current_and_the_two_readmes_link_each_other():
     for url in re.findall(r"\]\(((?:notebooks|exercises)/[^)]+)\)", ru):
         assert (ROOT / url).exists(), url
     assert f"notebooks/{LANG}/01_introduction_and_tokenization.ipynb" in ru
+
+
+def test_an_error_message_is_english_for_programmers_and_translated_in_a_widget():
+    from llm_course.core.i18n import Message, localized
+
+    error = ValueError(Message("the newest message is {n} tokens as a prompt, longer than the {limit} tokens "
+                               "available (the context window minus the room kept for the reply): shorten the "
+                               "message, or ask for a shorter reply (max_new_tokens)", n=80, limit=48))
+    assert str(error).startswith("the newest message is 80 tokens") and localized(error) == str(error)
+    set_language("ru")
+    assert str(error).startswith("the newest message is 80 tokens")  # a traceback stays English
+    assert localized(error).startswith("последнее сообщение занимает 80 токенов") and "48" in localized(error)
+    assert localized(ValueError("an unmarked message")) == "an unmarked message"

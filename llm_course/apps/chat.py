@@ -55,7 +55,7 @@ import torch
 import torch.nn as nn
 
 from llm_course.core.checks import check_positive_int
-from llm_course.core.i18n import N_, tr
+from llm_course.core.i18n import N_, Message, localized, tr
 from llm_course.infer.generation import generate
 from llm_course.infer.logits_processors import GenerationConfig
 from llm_course.models.modeling import context_length
@@ -187,12 +187,15 @@ def build_prompt_ids(
             break
         first, ids, kept = first - 1, more_ids, more_kept
     if len(ids) > max_tokens:
-        what = "the system prompt plus the newest message" if system else "the newest message"
-        raise ValueError(
-            f"{what} is {len(ids)} tokens as a prompt, longer than the {max_tokens} tokens available "
-            f"(the context window minus the room kept for the reply): shorten the message"
-            + (" or the system prompt" if system else "") + ", or ask for a shorter reply (max_new_tokens)"
-        )
+        if system:
+            raise ValueError(Message(
+                "the system prompt plus the newest message is {n} tokens as a prompt, longer than the {limit} tokens "
+                "available (the context window minus the room kept for the reply): shorten the message or the "
+                "system prompt, or ask for a shorter reply (max_new_tokens)", n=len(ids), limit=max_tokens))
+        raise ValueError(Message(
+            "the newest message is {n} tokens as a prompt, longer than the {limit} tokens available (the context "
+            "window minus the room kept for the reply): shorten the message, or ask for a shorter reply "
+            "(max_new_tokens)", n=len(ids), limit=max_tokens))
     return ids, kept
 
 
@@ -371,7 +374,7 @@ class ChatWidget(widgets.VBox):
         try:
             answer = self.bot.reply(text)
         except (TypeError, ValueError) as error:
-            self.status.value = f"<span style='color: #b00'>{html.escape(tr(str(error)))}</span>"
+            self.status.value = f"<span style='color: #b00'>{html.escape(localized(error))}</span>"
             return None
         self.status.value = ""
         self.text.value = ""

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from llm_course.core.deps import require
 
-__all__ = ["LANGUAGES", "set_language", "get_language", "tr", "N_", "catalogue_path", "translations"]
+__all__ = ["LANGUAGES", "set_language", "get_language", "tr", "N_", "Message", "localized", "catalogue_path",
+           "translations"]
 
 LANGUAGES = {"en": "English", "ru": "Русский"}
 _current = [os.environ.get("LLM_COURSE_LANG", "en")]
@@ -82,3 +83,28 @@ def N_(text: str) -> str:
     """Mark ``text`` as a message to translate without translating it here (gettext's ``N_``): for a
     message chosen among several before ``tr`` is called on it. ``llm-course translate`` collects both."""
     return text
+
+
+class Message(str):
+    """An error message a front end can show in the student's language. Chapter 01.
+
+    ``raise ValueError(Message("the text is {n} tokens long ...", n=...))`` raises the English text (``str``
+    of it, for programmers and tracebacks), and a widget that catches the error shows ``localized(error)``:
+    the same message in the current language, looked up by its English template like ``tr``.
+    """
+
+    msgid: str
+    fields: dict[str, object]
+
+    def __new__(cls, text: str, /, **fields: object) -> Message:
+        made = super().__new__(cls, text.format(**fields) if fields else text)
+        made.msgid, made.fields = text, fields
+        return made
+
+
+def localized(error: BaseException | str) -> str:
+    """An exception's message (or a message) in the current language, where it has a translation."""
+    value = error.args[0] if isinstance(error, BaseException) and len(error.args) == 1 else error
+    if isinstance(value, Message):
+        return tr(value.msgid, **value.fields)
+    return tr(str(value))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from llm_course.core.checks import check_index
+from llm_course.core.i18n import Message
 from llm_course.core.runtime import eval_mode
 from llm_course.models.modeling import context_length
 from llm_course.viz.tokens import is_byte_level, readable_labels, token_strings, tokenize
@@ -223,19 +224,20 @@ def collect_attentions(
         if value is not None and not isinstance(value, str):
             raise TypeError(f"{name} must be a str, got {type(value).__name__}")
     if not text:
-        raise ValueError("the text is empty: type a sentence to see its attention")
+        raise ValueError(Message("the text is empty: type a sentence to see its attention"))
     name = model_name or type(model).__name__
     byte_level = is_byte_level(tokenizer) if byte_level is None else byte_level
     limit = max_length if max_length is not None else (context_length(model) or NO_CONTEXT_LIMIT_CAP)
 
     ids, raw = tokenize(tokenizer, text)
     if not ids:
-        raise ValueError(f"the tokenizer turned {text!r} into no tokens: type some text")
+        raise ValueError(Message("the tokenizer turned {text} into no tokens: type some text", text=repr(text)))
     if len(ids) > limit:
-        raise ValueError(
-            f"the text is {len(ids)} tokens long but {name} reads at most {limit} tokens "
-            f"({'max_length' if max_length is not None else 'its context length'}): shorten the text"
-        )
+        if max_length is not None:
+            raise ValueError(Message("the text is {n} tokens long but {name} reads at most {limit} tokens "
+                                     "(max_length): shorten the text", n=len(ids), name=name, limit=limit))
+        raise ValueError(Message("the text is {n} tokens long but {name} reads at most {limit} tokens (its "
+                                 "context length): shorten the text", n=len(ids), name=name, limit=limit))
     data = AttentionData(
         text=text,
         token_ids=ids,

@@ -21,7 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from llm_course.core.checks import check_index
-from llm_course.core.i18n import N_, tr
+from llm_course.core.i18n import N_, localized, tr
 from llm_course.viz.attention_data import KINDS, AttentionData, collect_attentions
 from llm_course.viz.figures import (
     figure_to_png,
@@ -293,7 +293,7 @@ class AttentionExplorer(Holdable, widgets.VBox):
             self.error = None
         except ValueError as exc:
             self.data = None
-            self.error = tr(str(exc))  # in the notebook's language where the message has a translation
+            self.error = localized(exc)  # in the notebook's language where the message has a translation
 
     @staticmethod
     def _kind_label(kind: str) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
+import importlib.util
 import math
 
 import pytest
@@ -456,6 +458,13 @@ def test_bitsandbytes_qlora_recipe_loads_in_4bit_before_preparing(monkeypatch, g
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     # only bitsandbytes_qlora's check is told it is installed: peft's own look-up must still see the truth
     monkeypatch.setattr(qlora_module, "_bitsandbytes_installed", lambda: True)
+    if Version(transformers.__version__).major < 5 and importlib.util.find_spec("bitsandbytes") is None:
+        # transformers 4.x (4.50, the floor) reads bitsandbytes' installed version when BitsAndBytesConfig(
+        # load_in_4bit=True) is built (PackageNotFoundError without it); 5.x does not. Answer that one
+        # metadata look-up too; peft's find_spec look-up still sees the truth.
+        real_version = importlib.metadata.version
+        monkeypatch.setattr(importlib.metadata, "version",
+                            lambda name: "0.45.0" if name == "bitsandbytes" else real_version(name))
 
     def from_pretrained(name, **kwargs):
         calls.append(("from_pretrained", name, kwargs))

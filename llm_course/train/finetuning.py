@@ -321,6 +321,14 @@ def trainer_finetune(
                          "Trainer refuses); e.g. lm_examples(tokenizer, val_texts, block_size)")
     if patience is not None:
         check_positive_int("patience", patience)
+    if hasattr(model, "get_base_model") and "label_names" not in training_args:
+        # Trainer finds the label names in the model class's forward signature. transformers 4.50 reads the
+        # PeftModel's (*args, **kwargs): no labels, so evaluation computes no eval_loss and choosing the best
+        # checkpoint fails (KeyError 'eval_loss'); 5.x looks inside the peft model. The base model's names,
+        # given explicitly, are what 5.x finds itself: the same run on both.
+        from transformers.utils import find_labels
+
+        training_args["label_names"] = find_labels(type(model.get_base_model()))
     args = training_arguments(output_dir, max_steps=max_steps, lr=lr, batch_size=batch_size, eval_steps=eval_steps,
                               seed=seed, save_total_limit=save_total_limit, disable_tqdm=disable_tqdm,
                               precision=precision, **training_args)

@@ -37,7 +37,7 @@ def pytest_configure(config):
         # quiet cores): fail it with nbval's message naming the cell, instead of CI's overall time limit.
         if getattr(config.option, "nbval_cell_timeout", None) in (None, 2000):
             config.option.nbval_cell_timeout = 900
-_NB_START: dict[str, float] = {}
+_NB_START: dict[str, float] = {}  # by the notebook's node id: notebooks/01_x.ipynb and notebooks/ru/01_x.ipynb differ
 _NB_SAMPLERS: dict[str, _ContainerMemory] = {}
 
 
@@ -139,29 +139,29 @@ class _ContainerMemory:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_setup(item):
     if _is_cell(item):
-        _NB_START.setdefault(item.parent.name, time.perf_counter())
+        _NB_START.setdefault(item.parent.nodeid, time.perf_counter())
         # nbval waits only 5 s for each output message after a cell returns; a cell that streams
         # many live-plot updates on a busy shared machine can exceed that without anything being
         # wrong. Cell execution itself keeps nbval's own (long) timeout.
         item.output_timeout = max(getattr(item, "output_timeout", 5), 120)
     yield
     # After the setup: nbval has started this notebook's kernel by now.
-    if _is_cell(item) and item.parent.name not in _NB_SAMPLERS:
+    if _is_cell(item) and item.parent.nodeid not in _NB_SAMPLERS:
         pid = _kernel_pid(item)
         try:
             if pid:
-                _NB_SAMPLERS[item.parent.name] = _ContainerMemory(pid)
+                _NB_SAMPLERS[item.parent.nodeid] = _ContainerMemory(pid)
         except ImportError:  # pragma: no cover - psutil is a test dependency
             pass
-    if _is_cell(item) and item.parent.name in _NB_SAMPLERS:
-        _NB_SAMPLERS[item.parent.name].cell = item.name  # "Cell 16": where a peak happens
+    if _is_cell(item) and item.parent.nodeid in _NB_SAMPLERS:
+        _NB_SAMPLERS[item.parent.nodeid].cell = item.name  # "Cell 16": where a peak happens
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     if _is_cell(item) and (nextitem is None or nextitem.parent is not item.parent):
         # Last cell of this notebook: measure before nbval stops the kernel.
-        name = item.parent.name
+        name = item.parent.nodeid
         pid = _kernel_pid(item)
         stats = _NB_STATS.setdefault(_stats_key(str(item.parent.path)), {"cells": 0, "failed_cells": 0})
         stats["seconds"] = round(time.perf_counter() - _NB_START.get(name, time.perf_counter()), 1)

@@ -24,6 +24,7 @@ import torch
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
+from llm_course.core.i18n import tr
 from llm_course.viz.figures import axes_at
 
 __all__ = ["STAGES", "SamplingSettings", "entropy", "distributions_figure"]
@@ -65,16 +66,17 @@ def entropy(probs: torch.Tensor | np.ndarray | Sequence[float]) -> float:
 
 def _stage_title(stage: str, config: SamplingSettings) -> str:
     """What a stage did with these settings, for the row's title."""
+    off = tr(" (off)")
     if stage == "model":
-        return "model (softmax of the logits)"
+        return tr("model (softmax of the logits)")
     if stage == "repetition penalty":
         penalty = config.repetition_penalty
-        return f"repetition penalty {penalty:g}" + (" (off)" if penalty == 1 else "")
+        return tr("repetition penalty {penalty}", penalty=f"{penalty:g}") + (off if penalty == 1 else "")
     if stage == "temperature":
-        return f"temperature T = {config.temperature:g}" + (" (off)" if config.temperature == 1 else "")
+        return tr("temperature T = {t}", t=f"{config.temperature:g}") + (off if config.temperature == 1 else "")
     if stage == "top-k":
-        return f"top-k, k = {config.top_k}" if config.top_k else "top-k (off)"
-    return f"top-p, p = {config.top_p:g}" + (" (off)" if config.top_p == 1 else "")
+        return f"top-k, k = {config.top_k}" if config.top_k else "top-k" + off
+    return f"top-p, p = {config.top_p:g}" + (off if config.top_p == 1 else "")
 
 
 def _plot_label(label: str) -> str:
@@ -148,8 +150,8 @@ def distributions_figure(
         best = int(np.argmax(probs))
         ax.text(best, b + probs[best] / scale, f"{100 * probs[best]:.0f}%", ha="center", va="bottom", fontsize=6)
         full = distributions[stage]
-        ax.text(-0.5, b + 1.04, f"{i + 1}. {_stage_title(stage, config)}:  H = {entropy(full):.2f} bits, "
-                f"{int((full > 0).sum())} tokens", fontsize=8, va="bottom")
+        ax.text(-0.5, b + 1.04, f"{i + 1}. {_stage_title(stage, config)}:  " + tr(
+            "H = {h} bits, {n} tokens", h=f"{entropy(full):.2f}", n=int((full > 0).sum())), fontsize=8, va="bottom")
     b = base["top-p"]
     for xi in np.flatnonzero(kept):  # the final probabilities, written on the kept bars
         if xi != int(np.argmax(rows["top-p"])):
@@ -173,7 +175,7 @@ def _draw_nucleus(ax: Any, b: float, before_top_p: np.ndarray, kept: np.ndarray,
     ``top_p`` and the nucleus boundary."""
     x = np.arange(len(before_top_p))
     ax.plot(x, b + np.cumsum(before_top_p), ".-", color=_NUCLEUS, linewidth=1, markersize=3)
-    ax.text(len(x) - 0.45, b + 1.0, "running total 1", color=_NUCLEUS, fontsize=6, ha="right", va="bottom")
+    ax.text(len(x) - 0.45, b + 1.0, tr("running total 1"), color=_NUCLEUS, fontsize=6, ha="right", va="bottom")
     if top_p < 1:
         ax.plot([-0.5, len(x) - 0.5], [b + top_p, b + top_p], "--", color=_NUCLEUS, linewidth=0.8)
         ax.text(len(x) - 0.45, b + top_p, f"p = {top_p:g}", color=_NUCLEUS, fontsize=6, ha="right",
@@ -182,4 +184,4 @@ def _draw_nucleus(ax: Any, b: float, before_top_p: np.ndarray, kept: np.ndarray,
     boundary = int(np.flatnonzero(kept).max()) + 1 if kept.any() else 0
     if boundary < len(kept):
         ax.plot([boundary - 0.5] * 2, [b, b + 1.0], ":", color=_NUCLEUS, linewidth=1.2)
-        ax.text(boundary - 0.4, b + 0.97, f"{n_kept} kept", color=_NUCLEUS, fontsize=7, va="top")
+        ax.text(boundary - 0.4, b + 0.97, tr("{n} kept", n=n_kept), color=_NUCLEUS, fontsize=7, va="top")

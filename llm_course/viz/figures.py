@@ -24,6 +24,8 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from llm_course.core.i18n import tr
+
 __all__ = [
     "axes_at",
     "figure_to_png",
@@ -103,8 +105,8 @@ def plot_heatmap(
     if labels:
         _token_ticks(ax, "x", k_tokens)
         _token_ticks(ax, "y", q_tokens)
-        ax.set_xlabel("key (attended to)")
-        ax.set_ylabel("query (attending)")
+        ax.set_xlabel(tr("key (attended to)"))
+        ax.set_ylabel(tr("query (attending)"))
     else:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -181,7 +183,7 @@ def plot_token_attention(
     bars = ax.bar(range(len(k_tokens)), r, color=colors)
     _token_ticks(ax, "x", k_tokens)
     ax.set_ylim(0.0, max(1e-9, float(r.max())) * 1.1)
-    ax.set_ylabel("attention weight")
+    ax.set_ylabel(tr("attention weight"))
     if title:
         ax.set_title(title, fontsize=10)
     return bars

@@ -27,7 +27,7 @@ from llm_course.learn import (
     chapter09,
 )
 
-__all__ = ["CHAPTER_MODULES", "package_messages", "chapter_messages", "update_messages"]
+__all__ = ["CHAPTER_MODULES", "package_messages", "chapter_messages", "update_messages", "save_catalogue"]
 
 # Each chapter's questions and exercises (llm_course/learn/chapterNN.py), imported by name, not computed.
 CHAPTER_MODULES = {m.__name__[-2:]: m for m in (chapter01, chapter02, chapter03, chapter04, chapter05, chapter06,
@@ -128,15 +128,23 @@ def update_messages(language: str, chapters: list[str] | None = None) -> Path:
         if " (" in where:
             entry.comment = where.split(" (", 1)[1].rstrip(")")
         po.append(entry)
-    for msgid, entry in old.items():
-        if msgid not in messages and entry.msgstr:
+    save_catalogue(po, old, messages, path)
+    from llm_course.core.i18n import translations
+
+    translations.cache_clear()
+    return path
+
+
+def save_catalogue(po: Any, previous: dict[str, Any], used: Any, path: Path) -> Path:
+    """Write the catalogue ``po`` to ``path`` (only if it changed), after appending the ``previous`` entries
+    whose English is no longer ``used`` but that have a translation, marked obsolete (``#~``): a translator's
+    tool offers them again when the English comes back or changes a little."""
+    for msgid, entry in previous.items():
+        if msgid not in used and entry.msgstr:
             entry.obsolete = True
             po.append(entry)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = str(po) + "\n"
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
-    from llm_course.core.i18n import translations
-
-    translations.cache_clear()
     return path

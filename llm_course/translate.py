@@ -36,7 +36,7 @@ from typing import Any
 from llm_course.chapters import CHAPTERS
 from llm_course.core.deps import require
 from llm_course.learn.assignments import SOLUTIONS_SUFFIX, student_version
-from llm_course.messages import update_messages
+from llm_course.messages import save_catalogue, update_messages
 from llm_course.report import BINDER_URL, COLAB_URL, EXERCISE_BINDER_URL, EXERCISE_COLAB_URL, load_notebook_stats
 
 __all__ = ["LANGUAGE_CELL", "FOLDERS", "repo_root", "english_notebooks", "catalogue_for", "update_catalogue",
@@ -116,15 +116,7 @@ def update_catalogue(notebook: Path, language: str, root: Path | None = None) ->
                               occurrences=[(_rel(notebook, root), f"cell-{cell_id}")],
                               tcomment=before.tcomment if before is not None else "")
         po.append(entry)
-    for msgid, entry in known.items():  # text no longer in the notebook: kept, obsolete, for reuse
-        if msgid not in seen and entry.msgstr:
-            entry.obsolete = True
-            po.append(entry)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = str(po) + "\n"
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        path.write_text(text, encoding="utf-8")
-    return path
+    return save_catalogue(po, known, seen, path)  # text no longer in the notebook: kept, obsolete, for reuse
 
 
 def cell_translations(notebook: Path, language: str, root: Path | None = None) -> dict[str, str]:

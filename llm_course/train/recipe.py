@@ -20,12 +20,15 @@ from llm_course.models.gpt import GPTConfig
 from llm_course.models.shape import ModelShape
 from llm_course.train.loop import TrainConfig
 
-__all__ = ["EOT", "BERT_SPECIALS", "PRETRAIN_KINDS", "SAVE_DTYPES", "PretrainRecipe", "quick_gpt_recipe"]
+__all__ = ["EOT", "BERT_SPECIALS", "PRETRAIN_KINDS", "SAVE_DTYPES", "CORPORA", "PretrainRecipe", "quick_gpt_recipe"]
 
 EOT = "<|endoftext|>"  # GPT-2's end-of-text token
 BERT_SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..3 in a tokenizer trained with them
 PRETRAIN_KINDS = ("causal-lm", "masked-lm")  # a GPT (next token) or a BERT (masked tokens)
 SAVE_DTYPES = ("float16", "float32")  # how a zoo checkpoint stores its weights
+# The zoo's training text: "docs" (the Python docs + the chatterbot dialogs) or "bilingual" (the same plus
+# Russian manual pages: llm_course.text.bilingual), see llm_course.zoo.build.prepare_zoo_data
+CORPORA = ("docs", "bilingual")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +50,9 @@ class PretrainRecipe(ModelShape):
 
     The zoo's checkpoints (``llm-course zoo train``) also read: ``max_train_chars`` / ``max_val_chars``
     (None: all of the text; tiny test recipes cut it), ``val_slice_chars`` (characters of validation
-    text whose loss metrics.json records exactly) and ``save_dtype`` ("float16" or "float32").
+    text whose loss metrics.json records exactly), ``save_dtype`` ("float16" or "float32") and
+    ``corpus`` (``CORPORA``: "docs", the Python docs and the dialogs; "bilingual", those plus Russian
+    manual pages, scored on each language's held-out text).
     """
 
     name: str = "quick-gpt"
@@ -72,6 +77,7 @@ class PretrainRecipe(ModelShape):
     max_val_chars: int | None = None
     val_slice_chars: int = 4000
     save_dtype: str = "float16"
+    corpus: str = "docs"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the shape: positive integers, n_embd divisible by n_head
@@ -85,6 +91,7 @@ class PretrainRecipe(ModelShape):
         check_positive_int("PretrainRecipe.threads", self.threads, allow_none=True)
         check_probability("PretrainRecipe.mlm_probability", self.mlm_probability, low_open=True, high_open=True)
         check_choice("PretrainRecipe.save_dtype", self.save_dtype, SAVE_DTYPES)
+        check_choice("PretrainRecipe.corpus", self.corpus, CORPORA)
         for name in ("max_train_chars", "max_val_chars"):
             check_int(f"PretrainRecipe.{name}", getattr(self, name), minimum=1000, allow_none=True)
         check_int("PretrainRecipe.val_slice_chars", self.val_slice_chars, minimum=100)

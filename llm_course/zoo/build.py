@@ -29,33 +29,19 @@ from llm_course.models.bert import BERT
 from llm_course.models.gpt import GPT
 from llm_course.nn.evaluation import count_labels, estimate_loss
 from llm_course.nn.objectives import mask_tokens, random_blocks, sequential_blocks
+from llm_course.text.bilingual import bilingual_corpus
 from llm_course.text.corpora import TextCorpus, docs_corpus
 from llm_course.text.dialogs import dialogs_text
+from llm_course.text.encoding import cyrillic_token_cost
 from llm_course.text.tokenizer import ByteLevelBPETokenizer
 from llm_course.train.loop import train
-from llm_course.train.pretraining import (
-    TimeBudget,
-    TokenizedCorpus,
-    prepare_docs_tokens,
-)
+from llm_course.train.pretraining import TimeBudget, TokenizedCorpus, prepare_docs_tokens
 from llm_course.train.recipe import BERT_SPECIALS, PretrainRecipe
-from llm_course.zoo.loading import (
-    checkpoint_dir,
-    load_pretrained,
-    read_metrics,
-    read_recipe,
-    zoo_recipe,
-)
-from llm_course.zoo.recipes import (
-    GREEDY_PROMPT,
-    KINDS,
-    MLM_MASK_SEED,
-    ZOO,
-    TunedRecipe,
-    ZooTask,
-)
+from llm_course.zoo.loading import checkpoint_dir, load_pretrained, read_metrics, read_recipe, zoo_recipe
+from llm_course.zoo.recipes import GREEDY_PROMPT, KINDS, MLM_MASK_SEED, ZOO, TunedRecipe, ZooTask
 
-__all__ = ['prepare_zoo_data', 'train_checkpoint', 'evaluate_checkpoint', 'slice_loss', 'mlm_eval_batches']
+__all__ = ['prepare_zoo_data', 'train_checkpoint', 'evaluate_checkpoint', 'slice_loss', 'mlm_eval_batches',
+           'language_scores']
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,35 +49,63 @@ __all__ = ['prepare_zoo_data', 'train_checkpoint', 'evaluate_checkpoint', 'slice
 # --------------------------------------------------------------------------------------------
 
 
+def _zoo_texts(recipe: PretrainRecipe) -> tuple[str, str, dict[str, TextCorpus], dict[str, Any]]:
+    """The recipe's training text, its (English) validation text, each language's held-out corpus, and a
+    description of both for recipe.json. Chapter 04."""
+    docs = docs_corpus()
+    english, russian = dialogs_text("english"), dialogs_text("russian")
+    cut = recipe.max_train_chars
+    if recipe.corpus == "bilingual":
+        corpus = bilingual_corpus()
+        parts = corpus.languages
+        # a tiny test recipe keeps some of each language: the same share of each language's training text
+        train_text = "\n\n".join(c.train if cut is None else c.train[: cut // len(parts)] for c in parts.values())
+        description: dict[str, Any] = {
+            "train": "bilingual_corpus().train: docs_corpus().train + English dialogs, then the Russian manual pages' "
+                     "training pages (manpages_corpus().train) + Russian dialogs"
+                     + (f", first {cut // len(parts)} characters of each language" if cut else ""),
+            "validation": "docs_corpus().val (the last 10% of the docs corpus, cut at a document boundary); "
+                          "validation_by_language in metrics.json adds manpages_corpus().val (held-out pages)",
+            "docs_source": docs.source,
+            "russian_source": parts["russian"].source,
+            "russian_train_chars": len(parts["russian"].train),
+            "russian_val_chars": len(parts["russian"].val),
+        }
+        held_out = {language: TextCorpus(train="", val=c.val, source=c.source) for language, c in parts.items()}
+    else:
+        train_text = "\n\n".join([docs.train, english, russian])
+        if cut is not None:
+            train_text = train_text[:cut]
+        description = {
+            "train": "docs_corpus().train + '\\n\\n' + dialogs_text('english') + '\\n\\n' + dialogs_text('russian')"
+                     + (f", first {cut} characters" if cut else ""),
+            "validation": "docs_corpus().val (the last 10% of the docs corpus, cut at a document boundary)",
+            "docs_source": docs.source,
+        }
+        held_out = {}
+    if recipe.max_val_chars is not None:
+        description["validation"] += f", first {recipe.max_val_chars} characters"
+    val_text = docs.val if recipe.max_val_chars is None else docs.val[: recipe.max_val_chars]
+    description.update(docs_train_chars=len(docs.train), dialogs_english_chars=len(english),
+                       dialogs_russian_chars=len(russian))
+    return train_text, val_text, held_out, description
+
+
 def prepare_zoo_data(recipe: PretrainRecipe) -> tuple[TokenizedCorpus, dict[str, Any]]:
     """Train the recipe's tokenizer and encode its data: ``(TokenizedCorpus, data description)``. Chapter 04.
 
-    Training text: the docs corpus' training split, then the English dialogs, then the Russian ones,
-    joined by blank lines (cut to ``recipe.max_train_chars`` if set); validation: the docs corpus'
-    validation split. The description (sources, sizes) goes into recipe.json.
+    Training text (``recipe.corpus``): "docs", the docs corpus' training split, then the English
+    dialogs, then the Russian ones, joined by blank lines; "bilingual", ``bilingual_corpus().train``
+    (the same English part, then the Russian manual pages' training pages and the Russian dialogs).
+    ``recipe.max_train_chars`` cuts it (each language's share, for "bilingual"). Validation: the docs
+    corpus' validation split (the Russian held-out pages are scored in metrics.json). The description
+    (sources, sizes) goes into recipe.json.
     """
-    docs = docs_corpus()
-    english, russian = dialogs_text("english"), dialogs_text("russian")
-    train_text = "\n\n".join([docs.train, english, russian])
-    if recipe.max_train_chars is not None:
-        train_text = train_text[: recipe.max_train_chars]
-    val_text = docs.val if recipe.max_val_chars is None else docs.val[: recipe.max_val_chars]
-    corpus = TextCorpus(train=train_text, val=val_text, source=docs.source)
+    train_text, val_text, _, description = _zoo_texts(recipe)
+    corpus = TextCorpus(train=train_text, val=val_text, source=description["docs_source"])
     data = prepare_docs_tokens(recipe.vocab_size, corpus, special_tokens=recipe.special_tokens)
-    description = {
-        "train": "docs_corpus().train + '\\n\\n' + dialogs_text('english') + '\\n\\n' + dialogs_text('russian')"
-                 + (f", first {recipe.max_train_chars} characters" if recipe.max_train_chars else ""),
-        "validation": "docs_corpus().val (the last 10% of the docs corpus, cut at a document boundary)"
-                      + (f", first {recipe.max_val_chars} characters" if recipe.max_val_chars else ""),
-        "docs_source": docs.source,
-        "train_chars": len(train_text),
-        "train_tokens": int(data.train_ids.numel()),
-        "docs_train_chars": len(docs.train),
-        "dialogs_english_chars": len(english),
-        "dialogs_russian_chars": len(russian),
-        "val_chars": len(val_text),
-        "val_tokens": int(data.val_ids.numel()),
-    }
+    description.update(train_chars=len(train_text), train_tokens=int(data.train_ids.numel()),
+                       val_chars=len(val_text), val_tokens=int(data.val_ids.numel()))
     return data, description
 
 
@@ -395,7 +409,36 @@ def _measure(model: nn.Module, tok: ByteLevelBPETokenizer, data: TokenizedCorpus
                                          f"masked with seed {MLM_MASK_SEED} (mlm_eval_batches)")
     metrics["val_slice"] = {"text": text, "chars": len(text), "start": 0,
                             **slice_loss(model, tok, text, recipe.kind, recipe.block_size, recipe.mlm_probability)}
+    if recipe.kind == "causal-lm" and recipe.corpus == "bilingual":
+        metrics.update(_language_scores(model, tok, recipe))
     return metrics
+
+
+def language_scores(model: nn.Module, tokenizer: ByteLevelBPETokenizer, block_size: int,
+                    max_val_chars: int | None = None) -> dict[str, dict[str, float]]:
+    """A causal LM's loss and bits per character on each language's held-out text. Chapters 01 and 04.
+
+    English: ``docs_corpus().val``; Russian: the held-out manual pages (``manpages_corpus().val``);
+    each with ``tokens_per_char``, what the tokenizer spends on that language. Any checkpoint can be
+    scored this way, so today's and yesterday's compare on the same text.
+    """
+    texts = {language: c.val[:max_val_chars] for language, c in bilingual_corpus(dialogs=False).languages.items()}
+    scores = {}
+    for language, text in texts.items():
+        score = slice_loss(model, tokenizer, text, "causal-lm", block_size)
+        scores[language] = {**score, "chars": len(text), "tokens_per_char": score["tokens"] / len(text)}
+    return scores
+
+
+def _language_scores(model: nn.Module, tok: ByteLevelBPETokenizer, recipe: PretrainRecipe) -> dict[str, Any]:
+    """metrics.json's per-language part of a bilingual checkpoint: scores, a Russian slice, Cyrillic cost."""
+    russian = bilingual_corpus(dialogs=False).languages["russian"].val[: recipe.val_slice_chars]
+    return {
+        "validation_by_language": language_scores(model, tok, recipe.block_size, recipe.max_val_chars),
+        "val_slice_russian": {"text": russian, "chars": len(russian), "start": 0,
+                              **slice_loss(model, tok, russian, "causal-lm", recipe.block_size)},
+        "cyrillic_token_cost": cyrillic_token_cost(tok),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,6 +476,11 @@ def evaluate_checkpoint(name_or_path: str | os.PathLike, task: ZooTask | None = 
         validation = slice_loss(model, tok, val_text, kind, recipe["block_size"])
     else:
         validation = slice_loss(model, tok, val_text, kind, recipe["block_size"], recipe["mlm_probability"])
-    return {"name": text, "kind": kind, "recorded": sl["loss"], "measured": measured["loss"],
-            "abs_diff": abs(sl["loss"] - measured["loss"]), "validation": validation,
-            "recorded_validation": metrics.get("validation")}
+    result = {"name": text, "kind": kind, "recorded": sl["loss"], "measured": measured["loss"],
+              "abs_diff": abs(sl["loss"] - measured["loss"]), "validation": validation,
+              "recorded_validation": metrics.get("validation")}
+    if "val_slice_russian" in metrics:  # a bilingual checkpoint: its Russian slice too
+        ru = metrics["val_slice_russian"]
+        ru_loss = slice_loss(model, tok, ru["text"], kind, recipe["block_size"])["loss"]
+        result["russian"] = {"recorded": ru["loss"], "measured": ru_loss, "abs_diff": abs(ru["loss"] - ru_loss)}
+    return result

@@ -25,7 +25,7 @@ __all__ = ["KINDS", "TASK_NAMES", "PICKLE_SUFFIXES", "GREEDY_PROMPT", "MLM_MASK_
            "TaskFunctions", "ZOO"]
 
 KINDS = PRETRAIN_KINDS + ("seq2seq-lm",)  # what the zoo can hold (a TunedRecipe may make a T5)
-TASK_NAMES = ("chat", "summarization")  # the applications a TunedRecipe can train (see ZooTask)
+TASK_NAMES = ("chat", "summarization", "translation")  # the applications a TunedRecipe can train (see ZooTask)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 GREEDY_PROMPT = "The function returns"  # the prompt of the greedy sample recorded in metrics.json
 MLM_MASK_SEED = 1234  # the masks of the masked-LM validation batches (fixed: the same every time)
@@ -109,11 +109,11 @@ class TaskFunctions:
 ZOO: dict[str, PretrainRecipe | TunedRecipe] = {
     "course-gpt": PretrainRecipe(
         name="course-gpt", kind="causal-lm",
-        description="small GPT-2-style causal LM: English technical prose (Python docs) and dialogs, "
-                    "English and Russian",
+        description="small GPT-2-style causal LM, bilingual: English technical prose (Python docs), Russian "
+                    "technical prose (Debian's Russian manual pages) and dialogs in both languages",
         vocab_size=4096, n_layer=5, n_head=5, n_embd=160, block_size=384,
         batch_size=6, max_steps=2600, time_budget_s=None, lr=3e-3, min_lr=1e-4, warmup_steps=100,
-        eval_interval=200, threads=2,
+        eval_interval=200, threads=2, corpus="bilingual",
     ),
     "course-bert": PretrainRecipe(
         name="course-bert", kind="masked-lm",

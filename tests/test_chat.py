@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -350,19 +352,36 @@ def test_transformers_model_and_tokenizer_reply_like_the_course_pair(shipped):
 # Teaching a model to chat: data, encoding, tuning, the shipped course-gpt-chat
 # ----------------------------------------------------------------------------------------
 
+from llm_course.apps.chat_eval import (
+    SAMPLING,
+    chat_reply,
+    language_report,
+    reply_language,
+    sample_rows,
+    samples_markdown,
+    script_letters,
+)
 from llm_course.apps.chat_tuning import (
     CHAT_TASK,
     SYSTEM_PROMPTS,
     chat_conversations,
     chat_tune,
     encode_chat,
+    held_out_conversations,
     held_out_loss,
+    held_out_metrics,
+    is_held_out,
 )
 from llm_course.apps.summarization_tuning import SUMMARIZATION_TASK
 from llm_course.core import paths
 from llm_course.nn.objectives import IGNORE_INDEX
+from llm_course.text.dialogs import load_dialogs
 from llm_course.train.instruct import eos_token_id
 from llm_course.zoo import build, loading, recipes
+
+
+def _is_russian(text: str) -> bool:
+    return any("а" <= ch <= "я" for ch in text.lower())
 
 
 def test_chat_conversations_shape_split_and_history():
@@ -381,7 +400,11 @@ def test_chat_conversations_shape_split_and_history():
     # the held-out replies never appear as training examples with the same history
     key = lambda c: tuple((m["role"], m["content"]) for m in c if m["role"] != "system")  # noqa: E731
     assert not {key(c) for c in test} & {key(c) for c in train}
-    assert not any("а" <= ch <= "я" for c in test for m in c if m["role"] != "system" for ch in m["content"])
+    # English first (its held-out examples, and their system prompts, are what they always were), then Russian
+    english_test = chat_conversations("test", ("english",))
+    assert test[: len(english_test)] == english_test and len(english_test) == 122
+    assert not any(_is_russian(m["content"]) for c in english_test for m in c if m["role"] != "system")
+    assert all(_is_russian(c[-1]["content"]) for c in test[len(english_test):])
     assert chat_conversations("train") == train  # deterministic
     short = chat_conversations("train", max_history=1)
     assert all(len([m for m in c if m["role"] != "system"]) == 2 for c in short)
@@ -389,6 +412,129 @@ def test_chat_conversations_shape_split_and_history():
         chat_conversations("validation")
     with pytest.raises(ValueError, match="max_history"):
         chat_conversations("train", max_history=0)
+
+
+# ----------------------------------------------------------------------------------------
+# The held-out Russian dialogs, the language test and the per-language metrics (chat_eval)
+# ----------------------------------------------------------------------------------------
+
+# The Russian dialogs held out (is_held_out: one opening in 4, by hash): pinned, so a change shows.
+HELD_OUT_RUSSIAN_OPENINGS = ["Доброе утро! Как дела?", "Как дела?", "Кто ты?", "Ты пьешь?",
+                             "Что роботам нужно что бы выжить?", "Ты получаешь зарплату", "Один доллар"]
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def test_russian_split_is_fixed_and_disjoint_from_train():
+    dialogs = load_dialogs("russian")
+    held = [d for d in dialogs if is_held_out(d)]
+    assert [d.turns[0] for d in held] == HELD_OUT_RUSSIAN_OPENINGS
+    assert (len(dialogs), len(held)) == (43, 7)
+    test = chat_conversations("test", ("russian",))
+    assert len(test) == sum(len(d.turns) - 1 for d in held) == 12
+    train_once = chat_conversations("train", ("russian",), russian_repeats=1)
+    assert len(train_once) == 63 - 12
+    assert len(chat_conversations("train", ("russian",), russian_repeats=3)) == 3 * len(train_once)
+    # no training dialog opens like a held-out one, and of the 12 held-out user messages only the greeting
+    # "Как дела?" is ever a turn of a training example (in the middle of the dialog that opens with "Привет!")
+    assert {_words(d.turns[0]) for d in held}.isdisjoint(_words(d.turns[0]) for d in dialogs if not is_held_out(d))
+    trained_turns = {_words(m["content"]) for c in train_once for m in c if m["role"] != "system"}
+    assert [c[-2]["content"] for c in test if _words(c[-2]["content"]) in trained_turns] == ["Как дела?"]
+    key = lambda c: tuple((m["role"], m["content"]) for m in c if m["role"] != "system")  # noqa: E731
+    assert not {key(c) for c in test} & {key(c) for c in train_once}
+    assert all(_is_russian(c[-1]["content"]) and c[-2]["role"] == "user" for c in test)
+    assert chat_conversations("test", ("russian",)) == test  # the same on every call
+    assert len(held_out_conversations(recipes.ZOO["course-gpt-chat"], "russian")) == 12
+    with pytest.raises(ValueError, match="language"):
+        held_out_conversations(recipes.ZOO["course-gpt-chat"], "klingon")
+
+
+@pytest.mark.parametrize("text, language", [
+    ("Привет! Как дела?", "russian"), ("Hello! How are you?", "english"),
+    ("Я очень люблю Python", "russian"),      # 11 Cyrillic letters, 6 Latin
+    ("I like борщ", "english"),               # 5 Latin, 4 Cyrillic
+    ("ёж", "russian"), ("Ёлка", "russian"), ("café naïve", "english"),
+    ("", None), ("   ", None), ("42 + 7 = 49!", None), ("🙂👍", None),   # no letters: counts as wrong
+    ("ab вг", None),                          # a tie
+    ("αβγ δ", None), ("中文", None),           # letters of other scripts count for neither
+])
+def test_reply_language_examples(text, language):
+    assert reply_language(text) == language
+
+
+def test_script_letters_counts_and_errors():
+    assert script_letters("Ёж и café, 3 αβ!") == {"english": 4, "russian": 3}
+    with pytest.raises(TypeError, match="string"):
+        reply_language(None)
+
+
+@FAST
+@given(st.lists(st.sampled_from(list("abcxyzABCабвэюяАБЯёЁ 0123.,!?🙂αβ")), max_size=30).map("".join))
+def test_reply_language_is_the_majority_script(text):
+    latin = sum(ch.isascii() and ch.isalpha() for ch in text)   # an independent count: by code point ranges
+    cyrillic = sum("\u0400" <= ch <= "\u04ff" for ch in text)
+    expected = "english" if latin > cyrillic else "russian" if cyrillic > latin else None
+    assert reply_language(text) == expected
+
+
+def _reference_reply_loss(model, tok, conversations, max_length):
+    """Each conversation alone (no batch, no padding): the summed -log p of its learned tokens, and their count."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for c in conversations:
+            enc = encode_chat(tok, c, max_length)
+            ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor(enc["labels"][1:])
+            logp = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+            learned = labels != IGNORE_INDEX
+            total -= float(logp[torch.arange(len(labels))[learned], labels[learned]].sum())
+            count += int(learned.sum())
+    return total, count
+
+
+def test_per_language_metrics_on_a_tiny_model(tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_positions=128, n_embd=32, n_layer=1, n_head=2)).eval()
+    recipe = recipes.ZOO["course-gpt-chat"].replace(eval_examples=5, max_history=1)
+    metrics = held_out_metrics(model, tok, recipe, replies=False)
+    assert set(metrics) == {"english", "russian"}
+    for language, m in metrics.items():
+        conversations = held_out_conversations(recipe, language)
+        assert m["examples"] == len(conversations) == 5
+        total, count = _reference_reply_loss(model, tok, conversations, 128)
+        chars = sum(len(c[-1]["content"]) for c in conversations)
+        assert m["reply_tokens"] == count and m["reply_chars"] == chars
+        assert m["loss"] == pytest.approx(total / count, rel=1e-5)
+        assert m["bits_per_char"] == pytest.approx(total / chars / math.log(2), rel=1e-5)
+        assert "in_prompt_language" not in m
+    assert metrics["english"]["loss"] == held_out_loss(model, tok, recipe)  # what zoo eval re-scores
+
+
+def test_language_report_and_samples_with_a_scripted_model(tok):
+    recipe = recipes.ZOO["course-gpt-chat"].replace(eval_examples=3, max_history=1)
+    english, russian = (held_out_conversations(recipe, language) for language in ("english", "russian"))
+    always_russian = ScriptedLM(encode_plain(tok, " Всё хорошо") + [eos(tok)], 4096)
+    for conversations, language, share in [(russian, "russian", 1.0), (english, "english", 0.0)]:
+        report = language_report(always_russian, tok, conversations, language)
+        assert report == {"in_prompt_language": share, "replies": 3,
+                          "reply_languages": {"english": 0, "russian": 3, "none": 0}}
+    digits = ScriptedLM(encode_plain(tok, " 42") + [eos(tok)], 4096)
+    assert language_report(digits, tok, russian, "russian")["reply_languages"] == {"english": 0, "russian": 0,
+                                                                                   "none": 3}
+    rows = sample_rows(always_russian, tok, russian, "russian", seed=0)
+    assert [r["message"] for r in rows] == [c[-2]["content"] for c in russian]
+    assert [r["reference"] for r in rows] == [c[-1]["content"] for c in russian]
+    assert all(r["greedy"] == r["sampled"] == "Всё хорошо" and r["greedy_language"] == "russian" for r in rows)
+    # the prompt is the held-out conversation's, exactly as encode_chat trains on it
+    ids, _ = build_prompt_ids(tok, russian[0][:-1], None)
+    chat_reply(always_russian, tok, russian[0][:-1])
+    assert always_russian.prompts[-1][0].tolist() == ids
+    table = samples_markdown(rows)
+    assert table.count("\n") == 1 + len(rows) and "Всё хорошо" in table
+    assert SAMPLING == {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    with pytest.raises(ValueError, match="user"):
+        chat_reply(always_russian, tok, russian[0])   # ends with the assistant's reply
 
 
 def test_encode_chat_uses_the_bots_prompt_and_learns_reply_and_eos(tok):
@@ -422,7 +568,7 @@ def test_chat_tune_lowers_held_out_loss_on_a_tiny_model(tok):
 def test_tuned_recipe_is_validated():
     recipe = recipes.ZOO["course-gpt-chat"]
     with pytest.raises(ValueError, match="task"):
-        recipe.replace(task="translation")
+        recipe.replace(task="poetry")  # not one of recipes.TASK_NAMES
     with pytest.raises(ValueError, match="steps"):
         recipe.replace(steps=0)
     with pytest.raises(ValueError, match="unknown chat recipe options"):
@@ -447,12 +593,23 @@ def test_train_checkpoint_makes_a_chat_checkpoint_that_reloads_and_rescores(tmp_
     recipe = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert recipe["steps"] == 2 and recipe["recipe"]["task"] == "chat" and recipe["hf_class"] == "GPT2LMHeadModel"
-    assert {"held_out", "held_out_before", "greedy_replies"} <= set(metrics)
+    assert {"held_out", "held_out_before", "greedy_replies", "held_out_by_language", "samples"} <= set(metrics)
+    by_language, before = metrics["held_out_by_language"], metrics["held_out_before"]
+    assert set(by_language) == set(before["by_language"]) == {"english", "russian"}
+    assert metrics["held_out"]["loss"] == by_language["english"]["loss"]
+    assert before["loss"] == before["by_language"]["english"]["loss"]
+    assert recipe["data"]["held_out_examples"] == {"english": 4, "russian": 4}
+    for m in [*by_language.values(), *before["by_language"].values()]:
+        assert m["examples"] == m["replies"] == 4 and 0 <= m["in_prompt_language"] <= 1
+        assert sum(m["reply_languages"].values()) == 4
+    assert [row["language"] for row in metrics["samples"]] == ["english"] * 4 + ["russian"] * 4
     model, tokenizer = loading.load_pretrained(out)
     r = build.evaluate_checkpoint(out, task=CHAT_TASK)
     assert r["abs_diff"] < 1e-4, r
     bot = ChatBot(model, tokenizer, max_new_tokens=40)
     assert bot.reply("Привет! Как дела?") == metrics["greedy_replies"][0]["reply"]
+    russian = held_out_conversations(recipes.TunedRecipe(**recipe["recipe"]), "russian")
+    assert metrics["samples"][4]["greedy"] == chat_reply(model, tokenizer, russian[0][:-1])  # reloads, replies alike
 
 
 def _shipped_chat():
@@ -479,3 +636,20 @@ def test_shipped_chat_model_learned_to_reply_and_reproduces_its_metrics():
     privet = metrics["greedy_replies"][0]
     assert privet["message"] == "Привет! Как дела?" and privet["reply"]
     assert sum("а" <= ch.lower() <= "я" for ch in privet["reply"]) >= 3  # answers in Russian
+    if "held_out_by_language" not in metrics:  # made before the per-language metrics (issue 21)
+        return
+    tuned = recipes.TunedRecipe(**recipe["recipe"])
+    measured = held_out_metrics(model, tokenizer, tuned)
+    for language, recorded in metrics["held_out_by_language"].items():
+        assert measured[language]["loss"] == pytest.approx(recorded["loss"], abs=1e-4), language
+        assert measured[language]["reply_languages"] == recorded["reply_languages"], language
+    for row in metrics["samples"]:
+        prompt = held_out_conversations(tuned, row["language"])
+        messages = ([{"role": "system", "content": row["system"]}] if row["system"] else []) + row["history"]
+        messages.append({"role": "user", "content": row["message"]})
+        assert any(c[:-1] == messages for c in prompt), row  # a held-out prompt
+        assert chat_reply(model, tokenizer, messages) == row["greedy"]
+    # issue 21: the tuned model answers held-out Russian prompts in Russian, and better than the untuned base
+    russian, before = metrics["held_out_by_language"]["russian"], metrics["held_out_before"]["by_language"]["russian"]
+    assert russian["in_prompt_language"] >= 0.8, russian
+    assert russian["bits_per_char"] < before["bits_per_char"], (russian, before)

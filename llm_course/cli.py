@@ -175,10 +175,11 @@ def _zoo_task(name: str) -> Any:
     """
     from llm_course.apps.chat_tuning import CHAT_TASK
     from llm_course.apps.summarization_tuning import SUMMARIZATION_TASK
+    from llm_course.apps.translation import TRANSLATION_TASK
     from llm_course.zoo.loading import read_recipe
     from llm_course.zoo.recipes import ZOO, TunedRecipe
 
-    tasks = {task.name: task for task in (CHAT_TASK, SUMMARIZATION_TASK)}
+    tasks = {task.name: task for task in (CHAT_TASK, SUMMARIZATION_TASK, TRANSLATION_TASK)}
     if name in ZOO:
         recipe = ZOO[name]
         return tasks[recipe.task] if isinstance(recipe, TunedRecipe) else None

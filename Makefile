@@ -80,7 +80,8 @@ FLOOR_NOTEBOOKS ?= notebooks/05_finetuning.ipynb notebooks/06_lora_qlora_adapter
 # a module that does, and the floors' own checks. Left out: tests of the course's own torch code (attention,
 # adapters, static cache, DDP, practices, checks, CUDA), which runs on the same torch 2.13.0 in both environments, the
 # repository's own checks (layers, harness, notebook text, report, benchmarks, translation), the browser test
-# (JupyterLab + Chromium, 75 s) and tests/test_learn*.py (lessons still being written).
+# (JupyterLab + Chromium, 75 s) and tests/test_learn*.py (lessons still being written). Measured 2026-12-04 on
+# 2 cores: these files took about 7 minutes at load averages 1.6-3.4 (installing the environment: 148 s).
 FLOOR_TESTS ?= tests/test_versions.py tests/test_packaging.py tests/test_cli.py \
                tests/test_finetuning.py tests/test_lora.py tests/test_instruct.py tests/test_monitoring.py \
                tests/test_training.py tests/test_pretraining.py tests/test_objectives.py \
@@ -104,6 +105,31 @@ $(FLOOR_VENV)/.installed: pyproject.toml requirements-floor.txt
 test-floor: $(FLOOR_VENV)/.installed
 	$(FLOOR_PY) -m llm_course.cli check
 	LLM_COURSE_NO_RECORD=1 $(FLOOR_PY) -m pytest $(FLOOR_TESTS) $(FLOOR_NOTEBOOKS) $(PYTEST_ARGS)
+
+# Hugging Face Optimum's ONNX Runtime export next to the course's (chapter 07, benchmarks/bench_optimum.py):
+# a third environment, .venv-optimum/. optimum.onnxruntime (ORTModelForCausalLM) comes from optimum-onnx,
+# whose newest release (0.1.0) needs transformers<4.58 and optimum~=2.1, while the main environment has
+# transformers 5.x; so this one has torch's CPU build first (as above), then the project with the newest
+# transformers 4.x that optimum-onnx accepts. Its benchmark records benchmarks/results/optimum.json; the
+# Optimum test in tests/test_onnx_cache.py runs here (the main environment skips it, saying why):
+#   LLM_COURSE_NO_RECORD=1 .venv-optimum/bin/python -m pytest tests/test_onnx_cache.py
+.PHONY: optimum-env bench-optimum
+OPTIMUM_VENV ?= .venv-optimum
+OPTIMUM_PY := $(OPTIMUM_VENV)/bin/python
+
+$(OPTIMUM_VENV)/.installed: pyproject.toml
+	rm -rf $(OPTIMUM_VENV)
+	$(PYTHON) -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_PY) -m pip install --quiet --upgrade pip
+	$(OPTIMUM_PY) -m pip install --quiet --retries 1 --timeout 20 $(TORCH_EXTRA) "torch==$(TORCH_VERSION)"
+	$(OPTIMUM_PY) -m pip install --quiet -e . "optimum-onnx[onnxruntime]>=0.1" "transformers>=4.50,<4.58" \
+	  "pytest>=8.0" "psutil>=5.9"
+	touch $@
+
+optimum-env: $(OPTIMUM_VENV)/.installed
+
+bench-optimum: $(OPTIMUM_VENV)/.installed
+	$(OPTIMUM_PY) benchmarks/bench_optimum.py
 
 clean:
 	rm -rf $(VENV) $(FLOOR_VENV) build runs .pytest_cache

@@ -98,3 +98,28 @@ def test_check_reports_each_installed_version_against_its_tested_range():
         # reported as untested until this run's record makes it the newest tested)
         assert Version(version) >= Version(floor[name]) and "OLDER" not in text
     assert rows["python"].startswith("3.")
+
+
+def test_installed_pytest_tears_module_fixtures_down_after_the_tests_resources(tmp_path):
+    """Why pytest's floor is 8.2 (requirements-floor.txt): conftest.py's autouse guards check, when a test file
+    ends, that it stopped every process it started. That holds only if a file's own module fixtures (a Ray
+    session, a JupyterLab server) are torn down before the guards. pytest 8.0 and 8.1 re-register a cached
+    fixture's teardown every time a test requests it (pytest#12135), so an autouse guard requested by a later
+    test ran *first* and reported Ray's processes as left behind. Checked here on the installed pytest, in a
+    separate run of a two-test file."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "teardowns.txt"  # each fixture appends its name here when it is torn down
+    note = f"    with open({str(log)!r}, 'a') as f:\n        f.write('{{}}\\n')\n"
+    (tmp_path / "conftest.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='module', autouse=True)\ndef guard():\n    yield\n"
+        + note.format("guard"))
+    (tmp_path / "test_order.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='module')\ndef resource():\n    yield\n" + note.format("resource")
+        + "\n\ndef test_uses_it(resource):\n    pass\n\n\ndef test_does_not():\n    pass\n")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    order = log.read_text().split()
+    assert order == ["resource", "guard"], f"pytest {md.version('pytest')} tore down in the order {order}"

@@ -250,7 +250,7 @@ def _splits_on_spaces(prediction, reference):
     ("rouge1_f1", _splits_on_spaces("the the the cat", "The cat sat on the mat.")[2], ["lowercases"]),
     ("calibrated_label", 0, ["uncalibrated argmax"]),
     ("few_shot_accuracy", 0.25, ["calibrate='N/A'"]),
-    ("few_shot_accuracy", 0.4375, ["zero-shot accuracy"]),
+    ("few_shot_accuracy", 0.25, ["no examples in the prompt"]),
     ("few_shot_accuracy", 0.9, ["outside the range"]),
 ])
 def test_each_chapter08_checker_rejects_a_typical_wrong_answer(name, wrong, words):
@@ -300,9 +300,9 @@ def test_chapter08_experiment_range_holds_what_the_library_measures(accuracies):
     acc, runs = accuracies
     ex = ch08.EXERCISES
     assert ex.check("few_shot_accuracy", acc["2-shot, calibrated"], explanation=SENTENCE).passed
-    # the two mistakes it names are what the library measures for them
+    # the mistake it names (no examples in the prompt: 4 of 16, calibrated or not) is what the library measures
     assert acc["zero-shot"] == 0.25 and len(set(runs["zero-shot"])) == 1
-    assert acc["zero-shot, calibrated"] == 0.4375
+    assert acc["zero-shot, calibrated"] == 0.25 and len(set(runs["zero-shot, calibrated"])) > 1
 
 
 def test_chapter08_quiz_answers_are_what_the_library_computes(accuracies):
@@ -327,10 +327,10 @@ def test_chapter08_quiz_answers_are_what_the_library_computes(accuracies):
     chat = [{"role": "system", "content": "Be brief."}] + short
     _, kept = build_prompt_ids(tok, chat, ch08.prompt_tokens(chat) - 1)
     assert kept[0] == chat[0] and kept[1]["role"] == "user" and kept[1:] == chat[3:]
-    # 5: uncalibrated, one label for every text; calibrated, several labels and better than chance
+    # 5: uncalibrated, one label for every text; calibrated, several labels, yet still 4 of 16 right
     acc, runs = accuracies
     assert len(set(runs["zero-shot"])) == 1 < len(set(runs["zero-shot, calibrated"]))
-    assert acc["zero-shot, calibrated"] > acc["zero-shot"] == 0.25
+    assert acc["zero-shot, calibrated"] == acc["zero-shot"] == 0.25
     for number, right in [(1, "b"), (2, "c"), (5, "a")]:
         q = quiz.questions[number - 1]
         assert [quiz.answer(number, k).passed for k in q.letters] == [k == right for k in q.letters]

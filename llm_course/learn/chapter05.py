@@ -182,18 +182,18 @@ EXERCISES = ExerciseSet([
                   1e-3 * 60 / 100: "off by one: the first update uses s = 0 (learning rate 0), so the last, "
                                    "the 60th, uses 59/100"}),
     ValueExercise(
-        "learned_share", kind="experiment", low=0.066, high=0.074,
+        "learned_share", kind="experiment", low=0.060, high=0.067,
         task="experiment: the share of tokens that carry a loss (labels != -100) in 2,000 encoded training "
              "instructions of the lesson's tasks",
         hint="encode make_instructions(2000, seed=0, split='train', tasks=QUICK_TASKS) with encode_instruction(tok, "
              "ex, 384); count the labels that are not -100, divide by the number of all labels",
-        why="Only about 7% of the tokens are the answer and its end-of-text; the manual's loss would be 93% about "
+        why="Only about 6% of the tokens are the answer and its end-of-text; the manual's loss would be 94% about "
             "predicting prompts the model is always given.",
         mistakes={1.0: "that is the manual's construction: every token learned, the prompt too (ERRATA 5.2); count "
                        "only the labels that are not -100",
-                  0.0521: "the end-of-text token after each response is learned too (its label is not -100): "
+                  0.0430: "the end-of-text token after each response is learned too (its label is not -100): "
                           "count it",
-                  0.0530: "the end-of-text token after each response is learned too (its label is not -100): "
+                  0.0439: "the end-of-text token after each response is learned too (its label is not -100): "
                           "count it"}),
     ValueExercise(
         "tuned_eval_loss", kind="experiment", low=1.5, high=5.0,

@@ -283,9 +283,8 @@ EXERCISES = ExerciseSet([
              "calibrate='N/A'), then the share of predictions equal to the true labels",
         why="In-context examples do not help a 2.3 M-parameter model: it stays near its zero-shot accuracy "
             "(few-shot learning in the prompt is an ability of large models).",
-        mistakes={0.25: "that is one label for every text (4 of 16): did you pass calibrate='N/A'?",
-                  0.4375: "that is the zero-shot accuracy: pass the examples, few_shot=few_shot_examples(train, "
-                          "labels, 2)"}),
+        mistakes={0.25: "that is the accuracy with no examples in the prompt (4 of 16, calibrated or not): pass "
+                        "few_shot=few_shot_examples(train, labels, 2) and calibrate='N/A'"}),
 ])
 
 
@@ -326,7 +325,7 @@ def quiz() -> Quiz:
             Choice("a small model prefers some label words whatever the text; the score after a content-free "
                    "text measures that preference", True,
                    "uncalibrated, course-gpt picks the same topic for every test dialog; calibrated, it spreads its "
-                   "answers and beats chance"),
+                   "answers over several topics (knowing little about them, it still gets only 4 of 16 right)"),
             Choice("'N/A' is a fifth label for texts that fit no topic", False,
                    "the labels are only the given ones: 'N/A' is scored once, to measure the prior of each label"),
             Choice("it makes every label the same number of tokens long", False,

@@ -684,7 +684,9 @@ def test_cyrillic_token_cost_of_the_shipped_tokenizer_matches_the_rust_tokenizer
     assert encoding.cyrillic_token_cost(bytes_only) == pytest.approx(2.0, abs=0.2)  # 2 bytes a letter, + spaces
     assert 0.3 < ours < 1.5  # it learned some Cyrillic merges, far from whole words
     english = encoding.latin_token_cost(ByteLevelBPETokenizer.from_pretrained(folder))
-    assert english < ours / 2  # English is much cheaper for it
+    # bilingual (English docs + Russian manual pages): a Cyrillic letter costs about 1.2 Latin ones
+    # (the docs-only tokenizer of 2026-11-29: 1.14 vs 0.38, three times)
+    assert english < ours < 1.5 * english
 
 
 @pytest.mark.parametrize("tokenizer, text, error, match", [

@@ -123,7 +123,7 @@ $(OPTIMUM_VENV)/.installed: pyproject.toml
 	$(OPTIMUM_PY) -m pip install --quiet --upgrade pip
 	$(OPTIMUM_PY) -m pip install --quiet --retries 1 --timeout 20 $(TORCH_EXTRA) "torch==$(TORCH_VERSION)"
 	$(OPTIMUM_PY) -m pip install --quiet -e . "optimum-onnx[onnxruntime]>=0.1" "transformers>=4.50,<4.58" \
-	  "pytest>=8.0" "psutil>=5.9"
+	  "pytest>=8.2" "psutil>=5.9"
 	touch $@
 
 optimum-env: $(OPTIMUM_VENV)/.installed

@@ -287,13 +287,15 @@ def tune(recipe: TunedRecipe, progress: bool = True,
     "before" of metrics.json), tunes it on ``chat_conversations("train")`` with ``chat_tune``. Returns
     ``(model, tokenizer, info)`` for ``llm_course.zoo.build.train_checkpoint``, which saves it.
 
-    Why 150 steps (measured on course-gpt, lr 1e-3, batch 16, 2 threads): the held-out English reply
-    loss (4.89 untuned) was 3.86 / 3.93 / 4.14 / 4.37 / 4.44 after 50 / 100 / 200 / 400 / 500 steps of
-    a 500-step run: past ~150 steps the model memorizes the training replies. The shipped 150-step
+    Why 150 steps (measured on the previous, docs-only course-gpt, lr 1e-3, batch 16, 2 threads): the
+    held-out English reply loss (4.89 untuned) was 3.86 / 3.93 / 4.14 / 4.37 / 4.44 after 50 / 100 / 200 /
+    400 / 500 steps of a 500-step run: past ~150 steps the model memorizes the training replies. The shipped 150-step
     schedule ends at 3.86. Repeating the 43 Russian dialogs 40 times instead of 10 memorizes Russian
-    corpus phrases, but not the right ones for the input.
+    corpus phrases, but not the right ones for the input. On the bilingual course-gpt (2026-12-04) the
+    shipped recipe gives English 2.54 and Russian 3.73 bits per character on held-out replies; 300 steps
+    (2.56 / 4.30) and lr 2e-3 (2.62 / 4.12) were worse.
 
-    Russian, measured on its own held-out dialogs (``is_held_out``), in 30-step runs on the same
+    Russian, measured on its own held-out dialogs (``is_held_out``), in 30-step runs on the same previous
     course-gpt (lr 1e-3; its tokenizer spends 1.14 tokens per Cyrillic letter, so 6 of the 51 Russian
     training replies are over ``max_tokens=128`` and skipped): with russian_repeats 4 / 10 / 20 the
     Russian reply loss was 2.58 / 2.49 / 2.53 nats per token (3.75 / 3.62 / 3.68 bits per character;

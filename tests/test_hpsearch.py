@@ -366,6 +366,36 @@ def test_real_search_stops_trials_early_and_manual_version_does_not(job, ray_ses
         hpsearch.run_search(job, space, **{**kwargs, "cpus_per_trial": 3})
 
 
+LEAN = {"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
+        "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+@needs_ray
+def test_rays_worker_processes_inherit_the_lean_allocator_settings_and_this_process_keeps_its_own(ray_session):
+    import os
+
+    @ray_session.remote(num_cpus=1)
+    def environment():
+        return {name: os.environ.get(name) for name in LEAN}
+
+    assert ray_session.get(environment.remote()) == LEAN       # a worker the raylet started after ray.init
+    assert not any(os.environ.get(name) == value for name, value in LEAN.items() if name != "OMP_NUM_THREADS")
+
+
+def test_lean_ray_processes_sets_only_what_is_unset_and_restores_it(monkeypatch):
+    import os
+
+    for name in LEAN:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")     # the user's own choice is kept
+    with hpsearch._lean_ray_processes():
+        assert {name: os.environ[name] for name in LEAN} == {**LEAN, "MALLOC_ARENA_MAX": "4"}
+    assert [name for name in LEAN if name in os.environ] == ["MALLOC_ARENA_MAX"]
+    assert os.environ["MALLOC_ARENA_MAX"] == "4"
+    with hpsearch._lean_ray_processes(enabled=False):
+        assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
+
+
 @pytest.mark.skipif(importlib.util.find_spec("rfc3987_syntax") is None, reason="rfc3987_syntax is not installed here")
 def test_fast_start_hides_the_slow_import_from_child_processes_only(monkeypatch):
     import os

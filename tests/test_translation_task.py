@@ -1,6 +1,7 @@
 """Tests for the English->Russian translation task (chapter 08): the shipped pairs (llm_course.text.translation_data),
 chrF and the copy baseline, greedy translation and the zoo's translation task (llm_course.apps.translation)."""
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -10,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 try:
     import tomllib
@@ -21,7 +23,10 @@ from llm_course.apps.translation import (
     chrf,
     copy_baseline,
     held_out_loss,
+    placeholders_kept,
+    train_translator,
     translate,
+    translation_instruction,
 )
 from llm_course.core.deps import MissingDependencyError
 from llm_course.text import translation_data
@@ -196,7 +201,7 @@ def test_chrf_without_sacrebleu_says_how_to_install_it(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
-# Translating, and the zoo's translation task (smoke runs on a tiny T5)
+# Translating, and the zoo's translation task (smoke runs: a tiny T5, a few steps of course-gpt)
 # --------------------------------------------------------------------------------------------
 
 
@@ -204,7 +209,8 @@ def _recipe(**changes):
     recipe = TunedRecipe(name="course-t5-translate", kind="seq2seq-lm", task="translation",
                          description="T5 trained to translate English messages into Russian (smoke test)",
                          base="course-gpt", steps=20, batch_size=8, lr=3e-3, eval_examples=16, threads=None,
-                         options={"d_model": 32, "num_layers": 1, "d_ff": 64, "num_heads": 2, "init_embeddings": False})
+                         options={"architecture": "t5", "d_model": 32, "num_layers": 1, "d_ff": 64, "num_heads": 2,
+                                  "init_embeddings": False})
     return recipe.replace(**changes)
 
 
@@ -260,6 +266,91 @@ def test_translate_rejects_bad_input():
         translate(t5, tok, [3])
     with pytest.raises(ValueError, match="max_new_tokens"):
         translate(t5, tok, ["File"], max_new_tokens=0)
-    with pytest.raises(TypeError, match="not an encoder-decoder"):
-        translate(gpt, tok, ["File"])
     assert len(translate(t5, tok, ["File", "Save"], max_new_tokens=3)) == 2
+    assert len(translate(gpt, tok, ["File", "Save"], max_new_tokens=3)) == 2   # a GPT gets the instruction prompt
+    with pytest.raises(TypeError, match="causal LM .* or a seq2seq model"):
+        translate(torch.nn.Linear(2, 2), tok, ["File"])
+
+
+def test_translate_a_gpt_is_chapter_05s_prompt_and_greedy_answer():
+    """translate(GPT) = instruct.answer on translation_instruction: the same ids, the prompt never in the text."""
+    from llm_course.train.instruct import answer
+    from llm_course.train.instructions import format_prompt
+    from llm_course.zoo.loading import load_pretrained
+
+    gpt, tok = load_pretrained("course-gpt")
+    texts = ["Enter a valid URL.", "Delete %(name)s", "Save"]
+    examples = [translation_instruction(t) for t in texts]
+    assert format_prompt(examples[0]) == ("### Instruction:\nTranslate to Russian.\n\n### Input:\nEnter a valid URL."
+                                          "\n\n### Response:\n")
+    assert examples[0].task == "translate_en_ru" and examples[0].output == ""
+    expected = [a.strip() for a in answer(gpt, tok, examples, max_new_tokens=12)]
+    assert translate(gpt, tok, texts, max_new_tokens=12) == expected
+    assert translate(gpt, tok, texts[1], max_new_tokens=12) == expected[1]
+
+
+def test_train_translator_refuses_t5_options_for_a_gpt_and_unknown_architectures():
+    with pytest.raises(ValueError, match="shape a T5"):
+        train_translator(steps=1, d_model=32)
+    with pytest.raises(ValueError, match="architecture"):
+        train_translator(steps=1, architecture="rnn")
+    with pytest.raises(ValueError, match="unknown translation recipe options"):
+        TRANSLATION_TASK.held_out_loss(None, None, _recipe(architecture="gpt"))   # d_model: a T5's
+
+
+def test_train_checkpoint_makes_a_gpt_translator_that_reloads_and_rescores(tmp_path):
+    """course-gpt-translate's recipe, 8 steps: a causal-lm folder that reloads and re-scores."""
+    from llm_course.models.gpt import GPT
+    from llm_course.zoo import build, loading
+    from llm_course.zoo.recipes import ZOO
+
+    out = build.train_checkpoint("course-gpt-translate", tmp_path / "gpt", task=TRANSLATION_TASK, progress=False,
+                                 steps=8, eval_examples=16, threads=None)
+    recipe = json.loads((out / "recipe.json").read_text(encoding="utf-8"))
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert recipe["hf_class"] == "GPT2LMHeadModel" and recipe["recipe"]["base"] == ZOO["course-gpt-translate"].base
+    assert "translation_instruction" in recipe["data"]["train"]
+    model, tok = loading.load_pretrained(out)
+    assert isinstance(model, GPT)
+    assert build.evaluate_checkpoint(out, task=TRANSLATION_TASK)["abs_diff"] < 1e-4
+    assert metrics["chrf_val"]["pairs"] == len(shipped_pairs("val")) and len(metrics["samples"]) == 8
+    sample = metrics["samples"][0]
+    assert translate(model, tok, sample["source"]) == sample["translation"]
+
+
+def test_shipped_translator_beats_copying_and_reproduces_its_metrics():
+    """The shipped course-gpt-translate: its held-out loss and chrF re-measured from the weights, above copying."""
+    from llm_course.core import paths
+    from llm_course.zoo import build, loading
+    from llm_course.zoo.recipes import ZOO
+
+    folder = paths.CHECKPOINTS_DIR / "course-gpt-translate"
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"course-gpt-translate is not shipped: llm-course zoo train course-gpt-translate --out {folder}")
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert json.loads((folder / "recipe.json").read_text(encoding="utf-8"))["recipe"] == \
+        dataclasses.asdict(ZOO["course-gpt-translate"])
+    assert build.evaluate_checkpoint("course-gpt-translate", task=TRANSLATION_TASK)["abs_diff"] < 1e-4
+    model, tok = loading.load_pretrained("course-gpt-translate")
+    val = shipped_pairs("val")
+    translations = translate(model, tok, [p.source for p in val])
+    score = chrf(translations, [p.target for p in val])
+    assert score == pytest.approx(metrics["chrf_val"]["model"], abs=0.01)   # greedy: the same text again
+    assert metrics["chrf_val"]["copy_baseline"] == pytest.approx(copy_baseline(val), abs=0.01)
+    assert score > metrics["chrf_val"]["copy_baseline"] + 3        # clearly above copying the English
+    assert [s["translation"] for s in metrics["samples"]] == translations[:8]
+    # Its weak point, measured and recorded: messages whose placeholders all survive.
+    kept = placeholders_kept([p.source for p in val], translations)
+    assert {k: kept[k] for k in kept} == {k: v for k, v in metrics["placeholders_val"].items() if k != "what"}
+    assert 0 < kept["all_kept"] < kept["messages"] and kept["kept"] < kept["placeholders"]
+
+
+def test_placeholders_kept_counts_messages_and_placeholders():
+    sources = ["Delete %(name)s", "Save", "%s of %s", "{x} and {y}", "100%% done"]
+    translations = ["Удалить %(name)s", "Сохранить", "%s из", "{y} и {x}", "100%% готово"]
+    assert placeholders_kept(sources, translations) == {"messages": 3, "all_kept": 2, "placeholders": 5, "kept": 4}
+    assert placeholders_kept(sources, sources)["all_kept"] == 3
+    with pytest.raises(ValueError, match="one each"):
+        placeholders_kept(["%s"], [])
+    with pytest.raises(TypeError, match="translations"):
+        placeholders_kept(["%s"], "x")

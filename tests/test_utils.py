@@ -1,9 +1,13 @@
-"""Device choice and seeding (chapter 01)."""
+"""Device choice and seeding (chapter 01); giving memory back (chapter 09)."""
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from llm_course.core.runtime import get_device, seed_everything
+from llm_course.core.runtime import get_device, resident_mb, seed_everything
 
 
 def test_auto_device_is_available_and_cpu_works():
@@ -61,3 +65,33 @@ def test_bad_seed(bad, error):
     # a value out of range is a ValueError, a wrong type (a bool included) a TypeError
     with pytest.raises(error, match="seed must be a non-negative integer"):
         seed_everything(bad)
+
+
+_FRAGMENTED_HEAP = r"""
+import json
+from llm_course.core.runtime import release_memory, resident_mb
+start = resident_mb()
+blocks = [bytes(1000) for _ in range(150_000)]   # ~150 MB of small heap allocations (below mmap's threshold)
+kept = blocks[::64]                              # one in 64 stays alive: the heap cannot shrink from its top
+del blocks
+held = resident_mb()                             # freed by Python, still resident in glibc's heap
+print(json.dumps({"start": start, "held": held, **release_memory()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's (Linux)")
+def test_release_memory_returns_freed_heap_pages_to_the_system():
+    """Deleted small objects stay resident until release_memory trims the heap; what is alive stays."""
+    out = subprocess.run([sys.executable, "-c", _FRAGMENTED_HEAP], capture_output=True, text=True, check=True)
+    m = json.loads(out.stdout.strip().splitlines()[-1])
+    assert m["trimmed"] is True
+    assert m["held"] - m["start"] > 100, m              # del alone gave nothing back
+    assert m["rss_mb_before"] - m["held"] < 10, m       # the figure release_memory starts from is that one
+    assert m["freed_mb"] > 80, m                        # the trim gave most of the ~150 MB back
+    assert m["rss_mb_after"] - m["start"] < 40, m       # what is left: the 1/64 kept alive (~2.3 MB) and slack
+
+
+def test_resident_mb_reads_this_process():
+    import psutil
+
+    assert resident_mb() == pytest.approx(psutil.Process().memory_info().rss / 2**20, rel=0.2)

@@ -5,14 +5,19 @@ The lowest layer's runtime helpers, used from chapter 01 on. A notebook calls ``
 reproducible. Every module that measures a model (a held-out loss, generation, attention maps) runs it
 under ``with eval_mode(model):`` (dropout off, the previous train/eval state of every submodule restored
 afterwards), finds the model's device with ``module_device`` and moves a batch there with ``to_device``.
-``quiet_loading`` hides transformers' progress bar while a local checkpoint loads.
+``quiet_loading`` hides transformers' progress bar while a local checkpoint loads. ``release_memory``
+gives the memory of deleted objects back to the operating system before a memory-hungry step (chapter 09).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import os
 import random
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,7 +28,7 @@ import torch.nn as nn
 from llm_course.core.checks import check_int
 
 __all__ = ["get_device", "seed_everything", "describe_device", "quiet_loading", "quiet_transformers", "eval_mode",
-           "train_mode", "module_device", "to_device"]
+           "train_mode", "module_device", "to_device", "resident_mb", "release_memory"]
 
 _VALID_DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -205,3 +210,57 @@ def to_device(batch: Any, device: torch.device | str, what: str = "the batch") -
         raise TypeError(f"{what} must be a dict like {{'input_ids': ..., 'labels': ...}} (the model's keyword "
                         f"arguments), got {got}")
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Giving memory back before a memory-hungry step
+# --------------------------------------------------------------------------------------------
+
+
+def resident_mb() -> float | None:
+    """This process's resident set size in MiB (what the operating system has given it), or None where
+    it cannot be read (no ``/proc`` and no ``psutil``). Chapter 09 (best practices)."""
+    try:
+        with open("/proc/self/statm") as f:  # Linux: size, resident, ... in pages
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def _glibc() -> Any:
+    """The C library when it is glibc (it has ``malloc_trim``), else None (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def release_memory() -> dict[str, Any]:
+    """Collect garbage, then hand the freed heap pages back to the operating system. Chapter 09.
+
+    ``del model`` frees a tensor's storage, but many small Python and torch allocations live in the C
+    library's heap, and glibc keeps freed heap pages for later use: the process's resident size (what a
+    container's memory limit counts, e.g. Binder's 2 GB) barely moves. This runs ``gc.collect()`` (objects
+    kept alive only by reference cycles) and then glibc's ``malloc_trim(0)``, which returns every whole free
+    page of every heap to the system. Delete what you no longer need first: memory still referenced stays.
+    Elsewhere than glibc (macOS, Windows) only the collection runs; ``trimmed`` says which.
+
+    Returns ``{"rss_mb_before", "rss_mb_after", "freed_mb", "trimmed"}`` (sizes None where the resident
+    size cannot be read).
+    """
+    before = resident_mb()
+    gc.collect()
+    libc = _glibc()
+    trimmed = bool(libc is not None and libc.malloc_trim(0) is not None)
+    after = resident_mb()
+    freed = None if before is None or after is None else round(before - after, 1)
+    return {"rss_mb_before": None if before is None else round(before, 1),
+            "rss_mb_after": None if after is None else round(after, 1), "freed_mb": freed, "trimmed": trimmed}

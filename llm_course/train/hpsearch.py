@@ -56,6 +56,9 @@ transformers and course-gpt loaded), each of the two trial workers about 0.78 (t
 training run), Ray's own daemons 0.25. Chapter 09's search (8 trials of 30 steps, ``cpus_per_trial=2`` on 2
 CPUs: one trial at a time) peaked at 1.67 GB with glibc's default malloc arenas and 1.52 GB with the two per
 Ray process that ``start_ray`` sets (``_lean_ray_processes``); Binder's 2 GB also holds JupyterLab's server.
+In notebook 09 (2026-12-05), after ``release_memory`` trimmed the notebook's heap and with the fixed malloc
+thresholds ``start_ray`` now also sets, the notebook and Ray's processes peaked at 1.53-1.57 GB (before
+both: 1.85-1.92 GB, which with the server's 0.13 GB reached Binder's limit in CI).
 
 Ray is an optional dependency (``pip install "ray[tune]"``): this module imports without it and says
 so, with the command, when a search is started.
@@ -495,7 +498,7 @@ def _trial_row(number: int, result: Any, max_steps: int) -> dict[str, Any]:
 
 @contextmanager
 def _lean_ray_processes(enabled: bool = True, arenas: int = 2) -> Iterator[None]:
-    """While Ray starts its processes, make them lighter: ``arenas`` malloc arenas, one OpenMP thread.
+    """While Ray starts its processes, make them lighter: few malloc arenas, prompt frees, one OpenMP thread.
 
     Binder's 2 GB counts the container: the notebook, Ray's daemons and the trial worker together.
     ``MALLOC_ARENA_MAX``: glibc gives each thread that allocates its own memory arena (up to 8 per core), and
@@ -503,11 +506,19 @@ def _lean_ray_processes(enabled: bool = True, arenas: int = 2) -> Iterator[None]
     grows by arenas they barely use. With two per process the chapter's search (2 CPUs, one trial at a time)
     peaked about 150 MB lower (1,521 vs 1,673 MB, PSS of the driver and all of Ray's processes), with the same
     trials and results. ``OMP_NUM_THREADS=1``: a trial trains on one thread (``_train_trial``), so the OpenMP
-    pool torch builds at import needs no more; measured, a trial's process 606 -> 538 MB. Ray's processes (and
-    the workers the raylet starts later) inherit both; the notebook's own allocator and threads were set up when
-    it started and are not affected. A variable that is already set is left as it is.
+    pool torch builds at import needs no more; measured, a trial's process 606 -> 538 MB.
+    ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` at 64 KiB: glibc raises its mmap threshold each
+    time a large block is freed (up to 32 MiB), after which a training step's tensors come from the heap and
+    stay resident when freed; fixed thresholds send them to mmap and give freed memory back at once. Measured
+    on chapter 09's search: the trial's process 652 -> 513 MB, the peak of the notebook and Ray's processes
+    1,684 -> 1,533 MB (notebook 09 under pytest: 1,722 -> 1,570 MB); the price is page faults on fresh memory:
+    its two searches took 68 s instead of 50 (a 1 MiB threshold: 1,658 MB, 56 s). Ray's processes (and the
+    workers the raylet starts later) inherit all four; the notebook's own allocator and threads were set up
+    when it started and are not affected (``release_memory`` in ``llm_course.core.runtime`` trims its heap).
+    A variable that is already set is left as it is.
     """
-    lean = {"MALLOC_ARENA_MAX": str(arenas), "OMP_NUM_THREADS": "1"}
+    lean = {"MALLOC_ARENA_MAX": str(arenas), "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536",
+            "MALLOC_TRIM_THRESHOLD_": "65536"}
     added = [name for name in lean if enabled and name not in os.environ]
     os.environ.update({name: lean[name] for name in added})
     try:

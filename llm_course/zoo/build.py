@@ -346,7 +346,8 @@ def _version(dist: str) -> str | None:
 def _check_task(task: ZooTask | None, recipe: TunedRecipe) -> ZooTask:
     """The ``ZooTask`` that serves ``recipe``, or a clear error naming the one to pass."""
     plugin = {"chat": "llm_course.apps.chat_tuning.CHAT_TASK",
-              "summarization": "llm_course.apps.summarization_tuning.SUMMARIZATION_TASK"}.get(recipe.task, "a ZooTask")
+              "summarization": "llm_course.apps.summarization_tuning.SUMMARIZATION_TASK",
+              "translation": "llm_course.apps.translation.TRANSLATION_TASK"}.get(recipe.task, "a ZooTask")
     if task is None:
         raise ValueError(f"{recipe.name} is tuned by the {recipe.task!r} application: pass task={plugin} "
                          f"(the CLI `llm-course zoo` does)")

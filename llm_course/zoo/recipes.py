@@ -35,8 +35,9 @@ MLM_MASK_SEED = 1234  # the masks of the masked-LM validation batches (fixed: th
 class TunedRecipe:
     """How a fine-tuned zoo checkpoint is made: one application, trained from a base. Chapter 08 (applications).
 
-    ``task``: "chat" (``base`` tuned on the chatterbot dialogs in the chat format) or "summarization"
-    (a T5 trained on docs entries -> summary lines, with ``base``'s tokenizer); the code is a
+    ``task``: "chat" (``base`` tuned on the chatterbot dialogs in the chat format), "summarization"
+    (a T5 trained on docs entries -> summary lines, with ``base``'s tokenizer) or "translation" (``base``
+    instruction-tuned on English->Russian message pairs); the code is a
     ``ZooTask`` of the same ``name``. ``steps`` AdamW updates of ``batch_size`` examples at peak ``lr``;
     ``options``: the task's own settings (see its ``tune``). ``eval_examples``: how many held-out
     examples metrics.json scores (``zoo eval`` re-scores them). ``threads``: torch CPU threads.
@@ -135,5 +136,11 @@ ZOO: dict[str, PretrainRecipe | TunedRecipe] = {
         description="T5 (chapter 02) trained to summarize: a docs entry's title and body -> its summary line; "
                     "course-gpt's tokenizer and token embeddings",
         base="course-gpt", steps=600, batch_size=32, lr=3e-3, eval_examples=128,
+    ),
+    "course-gpt-translate": TunedRecipe(
+        name="course-gpt-translate", kind="causal-lm", task="translation",
+        description="course-gpt instruction-tuned to translate English messages into Russian: Django's and "
+                    "Sphinx's English->Russian catalogue pairs in chapter 05's prompt format",
+        base="course-gpt", steps=600, batch_size=16, lr=3e-3, eval_examples=145,
     ),
 }

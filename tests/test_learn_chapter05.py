@@ -287,7 +287,8 @@ def test_chapter05_key_lines_are_on_the_page_and_checked():
 
     nb = nbformat.read(find_chapter("05").notebook(), as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    checks = {"encode_example": "encode_instruction(", "our_training_arguments": "training_arguments("}
+    checks = {"encode_example": "encode_instruction(", "our_training_arguments": "training_arguments(",
+              "chrf_by_hand": "chrf, cases"}
     for name, library in checks.items():
         where = next(i for i, s in enumerate(code) if f"def {name}(" in s)
         assert len(code[where].splitlines()) <= 30, "a key-lines cell should be short enough to read"

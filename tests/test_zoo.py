@@ -118,6 +118,13 @@ def test_package_data_patterns_cover_every_shipped_file():
         assert not [f for f in (paths.CHECKPOINTS_DIR / name).iterdir() if f.suffix in recipes.PICKLE_SUFFIXES]
 
 
+def test_every_zoo_recipe_is_shipped_and_all_of_them_fit_in_25_mb():
+    """The wheel carries every checkpoint the zoo names (no download, ever), and they stay small (issue 21)."""
+    assert set(loading.shipped_names()) == set(recipes.ZOO)
+    total = sum(f.stat().st_size for name in recipes.ZOO for f in (paths.CHECKPOINTS_DIR / name).iterdir())
+    assert total < 25 * 2**20, f"shipped checkpoints: {total / 2**20:.1f} MiB"
+
+
 @pytest.mark.parametrize("name", ["course-gpt", "course-bert"])
 def test_shipped_recipe_json_matches_the_registry_and_is_complete(name):
     folder = _shipped(name)

@@ -57,12 +57,12 @@ def next_token_logits(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, s
     whole text is recomputed (the same logits, slower). ``state`` belongs to one sequence of calls whose
     ``ids`` grow by one token each (start a new ``DecodeState()`` for a new text).
     """
-    if use_cache and state.max_length and StaticCacheDecoder.supports(model):  # the lean loop (static_cache.py)
-        if state.decoder is None:
-            state.decoder = StaticCacheDecoder(model, ids.shape[0], state.max_length)
-            return state.decoder.prefill(ids, mask)
+    if use_cache and state.decoder is not None:  # the lean loop (static_cache.py), after its first step
         assert ids.shape[1] == state.decoder.length + 1, "the lean decoder takes exactly one new token per step"
         return state.decoder.step(ids[:, -1])
+    if use_cache and state.max_length and state.fed == 0 and StaticCacheDecoder.supports(model):  # checked once
+        state.decoder = StaticCacheDecoder(model, ids.shape[0], state.max_length)
+        return state.decoder.prefill(ids, mask)
     if state.padded is None:
         state.padded = not bool(mask.all())
     inputs: dict[str, Any] = {"attention_mask": mask}

@@ -140,19 +140,29 @@ def _token_steps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
     eos = torch.tensor(config.eos_ids, device=input_ids.device)
     stops = _StopStrings(config.stop_strings, tokenizer, input_ids.shape[1])
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    can_stop = bool(eos.numel()) or bool(stops.strings)  # can a row finish before max_new_tokens?
+    has_eos, has_stops = bool(eos.numel()), bool(stops.strings)
+    can_stop = has_eos or has_stops  # can a row finish before max_new_tokens?
     max_length = input_ids.shape[1] + config.max_new_tokens
     window = context_length(model) if config.slide_context else None  # None: the whole text always fits
     if window is not None:
         max_length = min(max_length, window)
-    state, ids, mask = DecodeState(max_length=max_length), input_ids, attention_mask
-    for _ in range(config.max_new_tokens):
+    state = DecodeState(max_length=max_length)
+    # The ids and the mask of the whole text, allocated once: each step writes one column and the loop hands
+    # out views of the filled part (a torch.cat per step would copy the whole text every time).
+    B, T = input_ids.shape
+    all_ids = torch.empty(B, T + config.max_new_tokens, dtype=input_ids.dtype, device=input_ids.device)
+    all_mask = torch.ones(B, T + config.max_new_tokens, dtype=attention_mask.dtype, device=attention_mask.device)
+    all_ids[:, :T], all_mask[:, :T] = input_ids, attention_mask
+    ids, mask = input_ids, attention_mask
+    penalize = config.repetition_penalty != 1.0 or config.do_sample  # anything for process_logits to do?
+    for step in range(config.max_new_tokens):
         if window is not None and ids.shape[1] > window:
             # the text has outgrown the context: read its last `window` tokens, recomputed (no cache)
             logits = next_token_logits(model, ids[:, -window:], mask[:, -window:], DecodeState(), use_cache=False)
         else:
             logits = next_token_logits(model, ids, mask, state, config.use_cache)
-        logits = process_logits(logits, ids, config)
+        if penalize:
+            logits = process_logits(logits, ids, config)
         if config.do_sample:
             probs = F.softmax(logits, dim=-1)
             next_id = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -160,11 +170,11 @@ def _token_steps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
             next_id = logits.argmax(dim=-1)
         if can_stop:
             next_id = torch.where(finished, torch.full_like(next_id, config.pad_id), next_id)  # finished rows: pad
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(next_id)[:, None]], dim=1)
-        if eos.numel():
+        all_ids[:, T + step] = next_id
+        ids, mask = all_ids[:, : T + step + 1], all_mask[:, : T + step + 1]
+        if has_eos:
             finished |= torch.isin(next_id, eos)
-        if stops.strings:
+        if has_stops:
             finished |= stops.hit(ids)
         yield ids, mask, finished
         if can_stop and bool(finished.all()):  # (without eos or stop strings nothing finishes early: no check)

@@ -57,7 +57,7 @@ training run), Ray's own daemons 0.25. Chapter 09's search (8 trials of 30 steps
 CPUs: one trial at a time) peaked at 1.67 GB with glibc's default malloc arenas and 1.52 GB with the two per
 Ray process that ``start_ray`` sets (``_lean_ray_processes``); Binder's 2 GB also holds JupyterLab's server.
 In notebook 09 (2026-12-05), after ``release_memory`` trimmed the notebook's heap and with the fixed malloc
-thresholds ``start_ray`` now also sets, the notebook and Ray's processes peaked at 1.53-1.57 GB (before
+thresholds ``start_ray`` now also sets, the notebook and Ray's processes peaked at 1.52-1.58 GB (before
 both: 1.85-1.92 GB, which with the server's 0.13 GB reached Binder's limit in CI).
 
 Ray is an optional dependency (``pip install "ray[tune]"``): this module imports without it and says

@@ -237,6 +237,15 @@ def test_eos_stops_and_pads_rows(gpt):
         assert torch.equal(out[1], free[1])
 
 
+def test_a_batch_that_stops_early_returns_a_contiguous_tensor(gpt):
+    """Every id ends a row, so both rows stop after one token: T + 1 columns, in memory of their own."""
+    prompt = torch.tensor([[5, 17, 42, 8], [9, 9, 60, 3]])
+    free = generate(gpt, prompt, max_new_tokens=10)
+    out = generate(gpt, prompt, max_new_tokens=10, eos_token_id=list(range(gpt.config.vocab_size)), pad_token_id=0)
+    assert out.shape == (2, 5) and out.is_contiguous() and torch.equal(out, free[:, :5])
+    assert out.view(-1).shape == (10,)  # .view needs contiguous memory
+
+
 def test_stop_strings_and_stream():
     tok = ByteLevelBPETokenizer.train(["Return the list of items. Open the file. " * 50], vocab_size=300,
                                       special_tokens=("<|endoftext|>",))

@@ -227,7 +227,7 @@ def generate(
                 streamer.put(ids[:, -1].cpu())
         if streamer is not None:
             streamer.end()
-        return ids
+        return ids.contiguous()  # a view of _token_steps' buffer: its own memory when rows stopped early
 
 
 def _generate_beams(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -268,3 +268,16 @@ def test_save_load_round_trip(model, tmp_path):
     src, src_mask, labels = _batch()
     with torch.no_grad():
         assert torch.equal(loaded(src, src_mask, labels=labels).logits, model(src, src_mask, labels=labels).logits)
+
+
+def test_is_encoder_decoder_tells_t5s_from_gpts(model, hf):
+    """models.modeling.is_encoder_decoder: how summarization, translation and the attention data pick a decoder."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from llm_course.models.gpt import GPT, GPTConfig
+    from llm_course.models.modeling import is_encoder_decoder
+
+    gpt = GPT(GPTConfig(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    hf_gpt = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    assert is_encoder_decoder(model) and is_encoder_decoder(hf)
+    assert not any(is_encoder_decoder(m) for m in (gpt, hf_gpt, torch.nn.Linear(2, 2)))

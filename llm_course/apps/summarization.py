@@ -89,7 +89,7 @@ import torch.nn as nn
 from llm_course.core.checks import check_choice, check_int, check_positive_int, check_str
 from llm_course.core.runtime import eval_mode
 from llm_course.infer.generation import generate
-from llm_course.models.modeling import context_length
+from llm_course.models.modeling import context_length, is_encoder_decoder
 from llm_course.models.t5 import T5
 from llm_course.text.corpora import docs_documents, first_sentence
 from llm_course.text.encoding import encode_plain
@@ -403,7 +403,7 @@ def summarize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a seq2seq torch model, got {type(model).__name__}")
     course = isinstance(model, T5)
-    if not course and not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+    if not course and not is_encoder_decoder(model):
         raise TypeError(f"{type(model).__name__} is not an encoder-decoder model; for a causal LM use tldr_summarize")
     eos = eos_token_id(tokenizer)
     device = next(model.parameters()).device

@@ -22,9 +22,9 @@ The manual's T5 is "text-to-text" (chapter 02) and its instruction-tuning exampl
 
 Measured on the 145 held-out pairs (2026-12-05, 2 CPU cores, greedy): copying the source scores chrF
 16.0 (chrF++ 17.4); course-gpt tuned for 600 steps of 16 pairs at lr 3e-3 (about 7 passes over the
-pairs, 5 to 9 minutes) scores 22.8 (held-out loss 3.40 nats per Russian token; training loss 1.2: it has
-begun to memorise). It gets the frame of a message right ("Убедитесь, что это значение ...") and guesses at
-words it never saw ("Khmer" -> "К"): what 1,399 pairs can teach. Placeholders are its weak point:
+pairs, 8 to 9 minutes on two busy cores) scores 22.8 (held-out loss 3.40 nats per Russian token;
+training loss 1.2: it has begun to memorise). It gets the frame of a message right ("Убедитесь, что
+это значение ...") and guesses at words it never saw ("Khmer" -> "К"): what 1,399 pairs can teach. Placeholders are its weak point:
 ``placeholders_kept`` finds all of them kept in 18 of the 51 held-out messages that have any (31 of 75
 placeholders); a real pipeline would check them, as ``text.translations`` checks the training pairs.
 
@@ -61,8 +61,7 @@ from llm_course.apps.summarization_tuning import Seq2SeqCollator, new_summarizer
 from llm_course.core.checks import check_choice, check_int, check_positive_int
 from llm_course.core.deps import require
 from llm_course.models.gpt import GPT
-from llm_course.models.modeling import context_length
-from llm_course.models.t5 import T5
+from llm_course.models.modeling import context_length, is_encoder_decoder
 from llm_course.nn.evaluation import count_labels, estimate_loss
 from llm_course.text.translation_data import pair_data, shipped_pairs
 from llm_course.text.translations import TranslationPair, placeholders
@@ -190,8 +189,7 @@ def _is_causal_lm(model: nn.Module) -> bool:
     """A course GPT or a transformers decoder-only LM (not an encoder-decoder)."""
     if isinstance(model, GPT):
         return True
-    config = getattr(model, "config", None)
-    return config is not None and not getattr(config, "is_encoder_decoder", False) and hasattr(model, "generate")
+    return getattr(model, "config", None) is not None and hasattr(model, "generate") and not is_encoder_decoder(model)
 
 
 def translate(model: nn.Module, tokenizer: Any, texts: Sequence[str] | str, max_new_tokens: int = MAX_NEW_TOKENS,
@@ -213,8 +211,7 @@ def translate(model: nn.Module, tokenizer: Any, texts: Sequence[str] | str, max_
     if empty:
         raise ValueError(f"texts[{empty[0]}] is empty (or only white space): there is nothing to translate")
     check_positive_int("max_new_tokens", max_new_tokens)
-    seq2seq = getattr(getattr(model, "config", None), "is_encoder_decoder", False) or isinstance(model, T5)
-    if not isinstance(model, nn.Module) or not (seq2seq or _is_causal_lm(model)):
+    if not isinstance(model, nn.Module) or not (is_encoder_decoder(model) or _is_causal_lm(model)):
         raise TypeError(f"model must be a causal LM (course-gpt-translate, a GPT) or a seq2seq model (a T5), "
                         f"got {type(model).__name__}")
     if _is_causal_lm(model):

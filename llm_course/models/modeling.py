@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["PretrainedMixin", "NameMap", "check_input_ids", "check_attention_mask", "state_to_hf",
-           "state_from_hf", "CONFIG_NAME", "WEIGHTS_NAME", "CONTEXT_FIELDS", "context_length"]
+           "state_from_hf", "CONFIG_NAME", "WEIGHTS_NAME", "CONTEXT_FIELDS", "context_length", "is_encoder_decoder"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -60,6 +61,19 @@ def context_length(model: nn.Module) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """True for a T5-style model (the course's ``T5`` or a transformers encoder-decoder). Chapter 02.
+
+    Such a model reads its input with an encoder and writes with a decoder that starts from its own
+    start token, so it is decoded differently from a GPT: its forward takes ``decoder_input_ids``
+    (transformers' configs also say ``is_encoder_decoder``).
+    """
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        return True
+    forward = getattr(model, "forward", None)
+    return forward is not None and "decoder_input_ids" in inspect.signature(forward).parameters
 
 
 def check_input_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 from llm_course.core.checks import check_index
 from llm_course.core.i18n import Message
 from llm_course.core.runtime import eval_mode
-from llm_course.models.modeling import context_length
+from llm_course.models.modeling import context_length, is_encoder_decoder
 from llm_course.viz.tokens import is_byte_level, readable_labels, token_strings, tokenize
 
 __all__ = ["AttentionData", "KINDS", "NO_CONTEXT_LIMIT_CAP", "collect_attentions"]
@@ -46,11 +46,6 @@ NO_CONTEXT_LIMIT_CAP = 512
 # --------------------------------------------------------------------------------------
 # Running the model
 # --------------------------------------------------------------------------------------
-
-
-def _is_encoder_decoder(model: torch.nn.Module) -> bool:
-    """True for T5-style models, whose forward takes ``decoder_input_ids``."""
-    return "decoder_input_ids" in inspect.signature(model.forward).parameters
 
 
 def _decoder_start_id(model: torch.nn.Module, tokenizer: Any) -> int:
@@ -263,7 +258,7 @@ def collect_attentions(
     if "use_cache" in params:
         inputs["use_cache"] = False
 
-    encoder_decoder = _is_encoder_decoder(model)
+    encoder_decoder = is_encoder_decoder(model)
     if encoder_decoder:
         target = text if decoder_text is None else decoder_text
         target_ids, _ = tokenize(tokenizer, target)

@@ -24,9 +24,10 @@ Measured on the 145 held-out pairs (2026-12-05, 2 CPU cores, greedy): copying th
 16.0 (chrF++ 17.4); course-gpt tuned for 600 steps of 16 pairs at lr 3e-3 (about 7 passes over the
 pairs, 8 to 9 minutes on two busy cores) scores 22.8 (held-out loss 3.40 nats per Russian token;
 training loss 1.2: it has begun to memorise). It gets the frame of a message right ("Убедитесь, что
-это значение ...") and guesses at words it never saw ("Khmer" -> "К"): what 1,399 pairs can teach. Placeholders are its weak point:
-``placeholders_kept`` finds all of them kept in 18 of the 51 held-out messages that have any (31 of 75
-placeholders); a real pipeline would check them, as ``text.translations`` checks the training pairs.
+это значение ...") and guesses at words it never saw ("Khmer" -> "К"): what 1,399 pairs can teach.
+Placeholders are its weak point: ``placeholders_kept`` finds all of them kept in 18 of the 51 held-out
+messages that have any (31 of 75 placeholders); a real pipeline would check them, as
+``text.translations`` checks the training pairs.
 
 **Why not a T5?** ``train_translator(architecture="t5")`` trains course-t5-sum's recipe (a T5 of 3 + 3
 layers, d_model 160, with course-gpt's tokenizer and token embeddings) on the same pairs. From scratch it
